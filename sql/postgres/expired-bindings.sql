@@ -1,0 +1,11 @@
+-- Bindings that have expired but are still in the table (SPEC S5). They are invisible to the
+-- registrar already; the cleanup task deletes them once they are older than --cleanup-grace
+-- (default 60 s), checking every --cleanup-interval (default 30 s).
+SELECT username || '@' || domain AS aor,
+       contact,
+       expires,
+       floor(extract(epoch FROM now() - expires))::int AS seconds_since_expiry,
+       callid, cseq, user_agent, ruid
+  FROM location
+ WHERE expires <= now()
+ ORDER BY expires;

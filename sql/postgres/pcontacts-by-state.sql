@@ -1,0 +1,16 @@
+-- P-CSCF contacts by registration state (SPEC S5). reg_state holds Kamailio's integers:
+--   2 REGISTERED, 4 REG_PENDING, 16 DEREGISTERED, 32 DEREG_PENDING_PUBLISH.
+-- pcscf_location is never filtered by expiry: expired rows are part of the state machine.
+SELECT CASE reg_state
+         WHEN 2 THEN 'REGISTERED'
+         WHEN 4 THEN 'REG_PENDING'
+         WHEN 16 THEN 'DEREGISTERED'
+         WHEN 32 THEN 'DEREG_PENDING_PUBLISH'
+         ELSE 'UNKNOWN(' || reg_state || ')'
+       END AS state,
+       aor AS contact, host, port, protocol,
+       expires,
+       floor(extract(epoch FROM expires - now()))::int AS seconds_left,
+       public_ids, service_routes, claimed_by, claimed_until, publish_attempts
+  FROM pcscf_location
+ ORDER BY reg_state, expires;

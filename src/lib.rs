@@ -1,0 +1,11 @@
+//! registrar: a SIP registrar and IMS P-CSCF whose every binding read and write goes to
+//! PostgreSQL or SQLite (Kamailio's usrloc DB_ONLY mode, rebuilt). See ARCHITECTURE.md for the
+//! map of the layers: cli → server → transport → roles (registrar, pcscf) → sip, store.
+
+pub mod cli;
+pub mod config;
+pub mod registrar;
+pub mod server;
+pub mod sip;
+pub mod store;
+pub mod telemetry;

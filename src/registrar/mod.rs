@@ -1,0 +1,12 @@
+//! The registrar role (SPEC R): REGISTER decided against the AoR's bindings in the database.
+//! `decide` is pure; `service` runs it inside the store's per-AoR transaction.
+
+pub mod decide;
+pub mod request;
+pub mod service;
+
+pub use decide::{Outcome, decide, prepare};
+pub use request::{
+    Contacts, DomainOverride, Policies, Policy, Refusal, Register, RequestedContact, Source,
+};
+pub use service::{Registration, register, reply_order};

@@ -1,0 +1,57 @@
+//! Runs a REGISTER against the store: the checks that need no bindings first, then the pure
+//! decision inside the store's per-AoR transaction (SPEC S2), one transaction per REGISTER.
+
+use super::decide::{Outcome, decide, prepare};
+use super::request::{Contacts, Policy, Register};
+use crate::store::{Binding, Store, StoreError};
+use chrono::{DateTime, Utc};
+
+/// The outcome of a REGISTER and the AoR's live bindings after it.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub outcome: Outcome,
+    pub now: DateTime<Utc>,
+    /// In reply order (R10).
+    pub bindings: Vec<Binding>,
+}
+
+pub async fn register(
+    store: &Store,
+    policy: &Policy,
+    request: &Register,
+) -> Result<Registration, StoreError> {
+    if let Err(refusal) = prepare(request, policy) {
+        return Ok(Registration {
+            outcome: Outcome::Refused(refusal),
+            now: Utc::now(),
+            bindings: Vec::new(),
+        });
+    }
+    let (outcome, now, mut bindings) = if matches!(request.contacts, Contacts::None) {
+        // A query writes nothing, so it needs no lock (R10).
+        let snapshot = store.live_bindings(&request.aor).await?;
+        (Outcome::Registered, snapshot.now, snapshot.bindings)
+    } else {
+        let applied = store
+            .update_aor(&request.aor, |snapshot| decide(request, policy, snapshot))
+            .await?;
+        (applied.outcome, applied.now, applied.bindings)
+    };
+    reply_order(&mut bindings);
+    Ok(Registration {
+        outcome,
+        now,
+        bindings,
+    })
+}
+
+/// R10: highest q first, an unspecified q counting as 1.0 (deliberate: Kamailio sorts it
+/// last); ties newest `last_modified` first.
+pub fn reply_order(bindings: &mut [Binding]) {
+    bindings.sort_by(|a, b| {
+        let q = |x: &Binding| x.q.unwrap_or(1000);
+        q(b).cmp(&q(a))
+            .then_with(|| b.last_modified.cmp(&a.last_modified))
+            .then_with(|| b.id.cmp(&a.id))
+    });
+}

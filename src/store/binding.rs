@@ -1,0 +1,176 @@
+//! The registrar role's stored data: a `Binding` is one row of `location` (SPEC S1), and a
+//! `Plan` is what a role decided to change for one AoR while the store held that AoR's lock.
+//!
+//! These are plain data: the store never interprets SIP, it only keeps what the roles hand it.
+
+use chrono::{DateTime, Utc};
+use std::fmt;
+
+/// An address-of-record key, already normalized by the SIP layer (SPEC R2): `username` %-decoded
+/// (and lowercased unless case-sensitive), `domain` lowercased.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Aor {
+    pub username: String,
+    pub domain: String,
+}
+
+impl Aor {
+    pub fn new(username: impl Into<String>, domain: impl Into<String>) -> Self {
+        Aor {
+            username: username.into(),
+            domain: domain.into(),
+        }
+    }
+}
+
+impl fmt::Display for Aor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.username, self.domain)
+    }
+}
+
+/// One binding of an AoR to a contact: every column of `location`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    /// Database identity; assigned by the database on insert (ignored in `Plan::insert`).
+    pub id: i64,
+    pub ruid: String,
+    pub aor: Aor,
+    /// The contact URI exactly as the client sent it.
+    pub contact: String,
+    pub received: Option<String>,
+    pub path: Option<String>,
+    pub expires: DateTime<Utc>,
+    /// In thousandths (0..=1000, Kamailio's `qvalue_t`); `None` = unspecified, stored as −1.
+    pub q: Option<u16>,
+    pub callid: String,
+    pub cseq: i64,
+    pub last_modified: DateTime<Utc>,
+    pub flags: i32,
+    pub cflags: i32,
+    pub user_agent: Option<String>,
+    pub socket: Option<String>,
+    /// Kamailio's method bitmask; `None` = all methods.
+    pub methods: Option<i32>,
+    /// `+sip.instance`, with its angle brackets.
+    pub instance: Option<String>,
+    pub reg_id: i32,
+    pub server_id: i32,
+    pub connection_id: i32,
+    pub keepalive: i32,
+    pub partition: i32,
+}
+
+impl Binding {
+    /// A binding is live while `expires > now` (SPEC S1).
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.expires > now
+    }
+
+    /// Same identity under the unique `(username, domain, instance, reg_id)` index.
+    pub(crate) fn same_instance_key(&self, other: &Binding) -> bool {
+        self.instance.is_some() && self.instance == other.instance && self.reg_id == other.reg_id
+    }
+}
+
+/// How q is stored: a real in 0..=1, −1 standing for "unspecified".
+pub(crate) fn q_to_column(q: Option<u16>) -> f64 {
+    q.map_or(-1.0, |milli| f64::from(milli) / 1000.0)
+}
+
+pub(crate) fn q_from_column(q: f64) -> Option<u16> {
+    // Rows written by others may hold any real: clamp, and round away float noise (0.7 as f32).
+    (q >= 0.0).then(|| (q.min(1.0) * 1000.0).round() as u16)
+}
+
+/// The live bindings of one AoR as read under its lock, with the `now` of that read.
+#[derive(Clone, Debug)]
+pub struct AorSnapshot {
+    pub now: DateTime<Utc>,
+    pub bindings: Vec<Binding>,
+}
+
+/// What a role decided for one AoR: the rows to delete, rewrite and insert, and the outcome it
+/// reports back to its caller. An empty change set writes nothing.
+#[derive(Clone, Debug)]
+pub struct Plan<T> {
+    pub delete: Vec<i64>,
+    pub update: Vec<Binding>,
+    pub insert: Vec<Binding>,
+    pub outcome: T,
+}
+
+impl<T> Plan<T> {
+    /// A decision that changes nothing (a query, a retransmission, a refusal).
+    pub fn unchanged(outcome: T) -> Self {
+        Plan {
+            delete: Vec::new(),
+            update: Vec::new(),
+            insert: Vec::new(),
+            outcome,
+        }
+    }
+
+    pub fn is_unchanged(&self) -> bool {
+        self.delete.is_empty() && self.update.is_empty() && self.insert.is_empty()
+    }
+}
+
+/// The result of applying a `Plan`: the role's outcome, the `now` it was decided at, and the
+/// AoR's live bindings after the change.
+#[derive(Clone, Debug)]
+pub struct Applied<T> {
+    pub outcome: T,
+    pub now: DateTime<Utc>,
+    pub bindings: Vec<Binding>,
+}
+
+/// Which bindings an administrative removal targets (Kamailio `unregister()`, SPEC C3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removal {
+    All,
+    Contact(String),
+    Ruid(String),
+}
+
+/// Rows of the AoR (live or expired) that must go before `plan` can be written: an expired row
+/// still holds its unique keys, and a REGISTER for such a contact is a new binding (SPEC S1).
+pub(crate) fn expired_conflicts<T>(
+    plan: &Plan<T>,
+    rows: &[Binding],
+    now: DateTime<Utc>,
+) -> Vec<i64> {
+    let written = plan.update.iter().chain(plan.insert.iter());
+    let mut ids: Vec<i64> = Vec::new();
+    for new in written {
+        for old in rows.iter().filter(|r| !r.is_live(now) && r.id != new.id) {
+            if (old.contact == new.contact || old.same_instance_key(new)) && !ids.contains(&old.id)
+            {
+                ids.push(old.id);
+            }
+        }
+    }
+    ids.retain(|id| !plan.delete.contains(id));
+    ids
+}
+
+/// The live bindings after `plan` was written over `before` (all rows read under the lock).
+pub(crate) fn live_after<T>(
+    before: Vec<Binding>,
+    plan: &Plan<T>,
+    inserted: Vec<Binding>,
+    now: DateTime<Utc>,
+) -> Vec<Binding> {
+    let mut after: Vec<Binding> = before
+        .into_iter()
+        .filter(|b| !plan.delete.contains(&b.id))
+        .map(|b| match plan.update.iter().find(|u| u.id == b.id) {
+            Some(u) => u.clone(),
+            None => b,
+        })
+        .chain(inserted)
+        .filter(|b| b.is_live(now))
+        .collect();
+    after.sort_by_key(|b| b.id);
+    after
+}

@@ -1,0 +1,79 @@
+//! Storage errors, sorted by what the caller should do about them (SPEC R13): retry later
+//! (`Unavailable`), give up on this request (`Rejected`), or fix the deployment.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+
+    /// The database cannot be reached or failed transiently (connection refused or lost, pool
+    /// exhausted, locked, serialization failure). A SIP caller answers 500 with Retry-After.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+
+    /// The database refused a value or a constraint failed. Retrying the same request will not
+    /// help: 500 without Retry-After.
+    #[error("database rejected the change: {0}")]
+    Rejected(#[source] sqlx::Error),
+
+    /// The server refused us for good: bad credentials, unknown database.
+    #[error("database refused the connection: {0}")]
+    Refused(#[source] sqlx::Error),
+
+    /// The tables are missing: the database was never migrated.
+    #[error("the database has no registrar tables; run `registrar migrate` first ({0})")]
+    NotMigrated(#[source] sqlx::Error),
+
+    /// A row that cannot be read back (a bug or a foreign writer's row we cannot decode).
+    #[error("unexpected database content: {0}")]
+    Corrupt(String),
+
+    #[error("migration failed: {0}")]
+    Migration(String),
+
+    #[error(
+        "database schema is at version {database}, newer than this binary knows (up to {binary}); \
+         run a newer registrar"
+    )]
+    SchemaTooNew { database: i64, binary: i64 },
+}
+
+impl StoreError {
+    /// Whether a retry after a pause may succeed (the SIP answer carries Retry-After).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) => {
+                use sqlx::error::ErrorKind;
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                let constraint = !matches!(db.kind(), ErrorKind::Other);
+                // PostgreSQL class 22 = data exception, 23 = integrity constraint violation.
+                // Class 28 = invalid authorization, 3D = invalid catalog (no such database).
+                if code.starts_with("28") || code.starts_with("3D") {
+                    return StoreError::Refused(err);
+                }
+                // 42P01 = undefined table; SQLite has no code for it, only the message.
+                if code == "42P01" || db.message().starts_with("no such table") {
+                    return StoreError::NotMigrated(err);
+                }
+                if constraint || code.starts_with("22") || code.starts_with("23") {
+                    StoreError::Rejected(err)
+                } else {
+                    StoreError::Unavailable(err)
+                }
+            }
+            sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(err.to_string()),
+            _ => StoreError::Unavailable(err),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The location store: every binding and pcontact the roles read or write lives here, in
+//! PostgreSQL or SQLite (DB_ONLY: nothing is cached in the process).
+//!
+//! `Store` is an enum over the two backends rather than a trait object: each backend keeps its
+//! own SQL dialect, types and locking (SPEC S2), and the generic, closure-taking `update_aor`
+//! would not be object-safe anyway. Storage never imports SIP types: roles hand it plain data.
+
+mod binding;
+mod error;
+mod migrate;
+mod pcontact;
+mod postgres;
+mod sqlite;
+
+pub use binding::{Aor, AorSnapshot, Applied, Binding, Plan, Removal};
+pub use error::StoreError;
+pub use migrate::MigrationReport;
+pub use pcontact::{ContactAddress, Pcontact, RegState, join_uri_list, split_uri_list};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use std::time::Duration;
+
+/// The default database when none is configured: an SQLite file beside the process.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://registrar.db?mode=rwc";
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Upper bound on pooled connections.
+    pub pool_size: u32,
+    /// How long to keep retrying an unreachable database before giving up.
+    pub connect_timeout: Duration,
+    /// How long a request may wait for a pooled connection.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Postgres($s) => $e,
+            Store::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to the database named by `url` (`postgres://…` or `sqlite://…`), retrying an
+    /// unreachable server until `options.connect_timeout` has passed.
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Store, StoreError> {
+        match backend_of(url)? {
+            Backend::Postgres => Ok(Store::Postgres(PgStore::connect(url, options).await?)),
+            Backend::Sqlite => Ok(Store::Sqlite(SqliteStore::connect(url, options).await?)),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Postgres(_) => Backend::Postgres,
+            Store::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies the embedded migrations (SPEC S3).
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    /// Lets `decide` change one AoR's bindings atomically, serialized with every other change
+    /// of that AoR in any process (SPEC S2): lock, read the live bindings and `now`, decide,
+    /// write, commit. Returns the decision's outcome and the live bindings afterwards.
+    pub async fn update_aor<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
+    where
+        F: FnOnce(&AorSnapshot) -> Plan<T> + Send,
+        T: Send,
+    {
+        dispatch!(self, s => s.update_aor(aor, decide).await)
+    }
+
+    /// The live bindings of one AoR, read without taking its lock.
+    pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
+        dispatch!(self, s => s.live_bindings(aor).await)
+    }
+
+    /// Every live binding of every AoR, ordered by AoR.
+    pub async fn dump_bindings(&self) -> Result<AorSnapshot, StoreError> {
+        dispatch!(self, s => s.dump_bindings().await)
+    }
+
+    /// Administrative removal under the AoR's lock; returns how many live bindings went.
+    pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.remove_bindings(aor, which).await)
+    }
+
+    /// Deletes bindings that expired more than `grace` ago, `batch` rows per statement so that
+    /// no statement holds many row locks (SPEC S4). Returns how many rows went.
+    pub async fn remove_expired_bindings(
+        &self,
+        grace: Duration,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.remove_expired_bindings(grace, batch).await)
+    }
+
+    /// The pcontact of one UE contact address, live or expired.
+    pub async fn pcontact(&self, address: &ContactAddress) -> Result<Option<Pcontact>, StoreError> {
+        dispatch!(self, s => s.pcontact(address).await)
+    }
+
+    /// Pcontacts whose public identities include `impu`.
+    pub async fn pcontacts_by_impu(&self, impu: &str) -> Result<Vec<Pcontact>, StoreError> {
+        dispatch!(self, s => s.pcontacts_by_impu(impu).await)
+    }
+
+    /// Every pcontact, in any state.
+    pub async fn dump_pcontacts(&self) -> Result<Vec<Pcontact>, StoreError> {
+        dispatch!(self, s => s.dump_pcontacts().await)
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+}
+
+/// Picks the backend from the URL scheme.
+pub fn backend_of(url: &str) -> Result<Backend, StoreError> {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "postgres" | "postgresql" => Ok(Backend::Postgres),
+        "sqlite" => Ok(Backend::Sqlite),
+        "" => Err(StoreError::InvalidUrl(format!(
+            "'{}' has no scheme (use postgres://… or sqlite://…)",
+            redact(url)
+        ))),
+        other => Err(StoreError::InvalidUrl(format!(
+            "unsupported scheme '{other}' in '{}' (use postgres://… or sqlite://…)",
+            redact(url)
+        ))),
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Retries `attempt` with a short pause until it succeeds, fails for a reason other than
+/// unavailability, or `deadline` passes.
+async fn with_retry<T, Fut>(
+    deadline: Duration,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && start.elapsed() + pause < deadline => {
+                tracing::info!(error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_the_url_scheme() {
+        assert_eq!(backend_of("postgres://u@h/db").unwrap(), Backend::Postgres);
+        assert_eq!(
+            backend_of("postgresql://u@h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(backend_of(DEFAULT_DATABASE_URL).unwrap(), Backend::Sqlite);
+        let err = backend_of("mysql://root@h/db").unwrap_err().to_string();
+        assert!(err.contains("unsupported scheme 'mysql'"), "{err}");
+        assert!(backend_of("registrar.db").is_err());
+    }
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

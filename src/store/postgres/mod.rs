@@ -1,0 +1,60 @@
+//! The PostgreSQL backend: production and multi-instance. Per-AoR serialization is a
+//! transaction-scoped advisory lock taken in its own statement before the read (SPEC S2); `now`
+//! is the database's clock, so every instance agrees on what has expired.
+
+mod location;
+mod pcscf;
+mod rows;
+
+use super::{ConnectOptions, StoreError, redact, with_retry};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+use std::str::FromStr;
+
+/// First key of every per-AoR advisory lock (`pg_advisory_xact_lock(NAMESPACE, hashtext(aor))`).
+/// The two-key form lives in a different lock space from the one-key migration lock, so the
+/// two can never collide.
+pub(crate) const AOR_LOCK_NAMESPACE: i32 = 0x5245_4731; // "REG1"
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+    pub(crate) options: PgConnectOptions,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<PgStore, StoreError> {
+        let connect_options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact(url))))?
+            .application_name("registrar")
+            // Our own values are instants (TIMESTAMPTZ), right in any zone; UTC makes what
+            // operators see in this session's logs match what psql shows with PGTZ=UTC.
+            .options([("timezone", "UTC")]);
+        // One direct connection first: a pool would retry until its acquire timeout and then
+        // report only "timed out", hiding "connection refused" or a bad password.
+        with_retry(options.connect_timeout, || async {
+            let conn = PgConnection::connect_with(&connect_options).await?;
+            let _ = conn.close().await;
+            Ok(())
+        })
+        .await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size.max(1))
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect_options.clone());
+        Ok(PgStore {
+            pool,
+            options: connect_options,
+        })
+    }
+
+    /// The connection pool, for tests and tools that need plain SQL.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,193 @@
+//! `location` on SQLite. The database is in-process, so statements cost no round trip and each
+//! row is written by its own statement inside the one `BEGIN IMMEDIATE` transaction.
+
+use super::rows::{BINDING_COLUMNS, binding};
+use super::{SqliteStore, now, to_secs};
+use crate::store::binding::{expired_conflicts, live_after, q_to_column};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError};
+use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+static READ_AOR: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {BINDING_COLUMNS} FROM location WHERE username = ?1 AND domain = ?2")
+});
+
+const UPDATE_BINDING: &str = "UPDATE location SET ruid = ?2, contact = ?3, received = ?4, \
+     path = ?5, expires = ?6, q = ?7, callid = ?8, cseq = ?9, last_modified = ?10, flags = ?11, \
+     cflags = ?12, user_agent = ?13, socket = ?14, methods = ?15, instance = ?16, reg_id = ?17, \
+     server_id = ?18, connection_id = ?19, keepalive = ?20, partition = ?21 WHERE id = ?1";
+
+const INSERT_BINDING: &str = "INSERT INTO location (username, domain, ruid, contact, received, \
+     path, expires, q, callid, cseq, last_modified, flags, cflags, user_agent, socket, methods, \
+     instance, reg_id, server_id, connection_id, keepalive, partition) VALUES (?1, ?2, ?3, ?4, \
+     ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) \
+     RETURNING id";
+
+impl SqliteStore {
+    pub async fn update_aor<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
+    where
+        F: FnOnce(&AorSnapshot) -> Plan<T> + Send,
+        T: Send,
+    {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now();
+        let rows = read_aor(&mut tx, aor).await?;
+        let snapshot = AorSnapshot {
+            now,
+            bindings: rows.iter().filter(|b| b.is_live(now)).cloned().collect(),
+        };
+        let plan = decide(&snapshot);
+        if plan.is_unchanged() {
+            tx.commit().await?;
+            return Ok(Applied {
+                outcome: plan.outcome,
+                now,
+                bindings: snapshot.bindings,
+            });
+        }
+        let mut delete = plan.delete.clone();
+        delete.extend(expired_conflicts(&plan, &rows, now));
+        for id in &delete {
+            sqlx::query("DELETE FROM location WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for b in &plan.update {
+            bind_fields(sqlx::query(UPDATE_BINDING).bind(b.id), b)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut inserted = Vec::with_capacity(plan.insert.len());
+        for b in &plan.insert {
+            let query = sqlx::query(INSERT_BINDING)
+                .bind(&b.aor.username)
+                .bind(&b.aor.domain);
+            let id: i64 = bind_fields(query, b)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("id")?;
+            inserted.push(Binding { id, ..b.clone() });
+        }
+        tx.commit().await?;
+        let bindings = live_after(rows, &plan, inserted, now);
+        Ok(Applied {
+            outcome: plan.outcome,
+            now,
+            bindings,
+        })
+    }
+
+    pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let now = now();
+        let rows = read_aor(&mut conn, aor).await?;
+        Ok(AorSnapshot {
+            now,
+            bindings: rows.into_iter().filter(|b| b.is_live(now)).collect(),
+        })
+    }
+
+    pub async fn dump_bindings(&self) -> Result<AorSnapshot, StoreError> {
+        let now = now();
+        let sql = format!(
+            "SELECT {BINDING_COLUMNS} FROM location WHERE expires > ?1 \
+             ORDER BY domain, username, id"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(to_secs(now))
+            .fetch_all(&self.pool)
+            .await?;
+        let bindings = rows.iter().map(binding).collect::<Result<_, _>>()?;
+        Ok(AorSnapshot { now, bindings })
+    }
+
+    pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (filter, value) = match which {
+            Removal::All => ("", None),
+            Removal::Contact(c) => (" AND contact = ?4", Some(c.as_str())),
+            Removal::Ruid(r) => (" AND ruid = ?4", Some(r.as_str())),
+        };
+        let sql = format!(
+            "DELETE FROM location WHERE username = ?1 AND domain = ?2{filter} \
+             RETURNING expires > ?3 AS live"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(&aor.username)
+            .bind(&aor.domain)
+            .bind(to_secs(now()));
+        if let Some(v) = value {
+            query = query.bind(v);
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut live = 0;
+        for row in rows {
+            if row.try_get::<bool, _>("live")? {
+                live += 1;
+            }
+        }
+        Ok(live)
+    }
+
+    pub async fn remove_expired_bindings(
+        &self,
+        grace: Duration,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let sql = "DELETE FROM location WHERE id IN \
+                   (SELECT id FROM location WHERE expires < ?1 LIMIT ?2)";
+        let mut total = 0;
+        loop {
+            let cutoff = to_secs(now()) - i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+            let done = sqlx::query(sql)
+                .bind(cutoff)
+                .bind(i64::from(batch))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += done;
+            if done < u64::from(batch) {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+async fn read_aor(conn: &mut SqliteConnection, aor: &Aor) -> Result<Vec<Binding>, StoreError> {
+    let rows = sqlx::query(AssertSqlSafe(READ_AOR.as_str()))
+        .bind(&aor.username)
+        .bind(&aor.domain)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.iter().map(binding).collect::<Result<_, _>>()?)
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds every column but `id`, `username` and `domain`, in `UPDATE_BINDING` order.
+fn bind_fields<'q>(query: SqliteQuery<'q>, b: &'q Binding) -> SqliteQuery<'q> {
+    query
+        .bind(&b.ruid)
+        .bind(&b.contact)
+        .bind(&b.received)
+        .bind(&b.path)
+        .bind(to_secs(b.expires))
+        .bind(q_to_column(b.q))
+        .bind(&b.callid)
+        .bind(b.cseq)
+        .bind(to_secs(b.last_modified))
+        .bind(b.flags)
+        .bind(b.cflags)
+        .bind(&b.user_agent)
+        .bind(&b.socket)
+        .bind(b.methods)
+        .bind(&b.instance)
+        .bind(b.reg_id)
+        .bind(b.server_id)
+        .bind(b.connection_id)
+        .bind(b.keepalive)
+        .bind(b.partition)
+}

@@ -1,0 +1,74 @@
+//! The SQLite backend: the embedded default for one process. SQLite has a single writer, so
+//! `BEGIN IMMEDIATE` (taken before the read) serializes every change, per AoR included (SPEC S2);
+//! sqlx's deferred BEGIN would fail read-then-write transactions under concurrency instead of
+//! waiting. WAL lets readers proceed beside the writer. `now` is the process clock, in whole
+//! seconds because the columns are INTEGER Unix seconds.
+
+mod location;
+mod pcscf;
+mod rows;
+
+use super::{ConnectOptions, StoreError, redact};
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How long a writer waits for the write lock before the request fails as unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pub(crate) pool: SqlitePool,
+    pub(crate) options: SqliteConnectOptions,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<SqliteStore, StoreError> {
+        let connect_options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact(url))))?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        // A file either opens or it does not: no point in waiting for it.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.pool_size.clamp(1, 8))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect_options.clone())
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Unavailable(e) => StoreError::Refused(e),
+                other => other,
+            })?;
+        Ok(SqliteStore {
+            pool,
+            options: connect_options,
+        })
+    }
+
+    /// The connection pool, for tests and tools that need plain SQL.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The process clock, truncated to the whole seconds the columns hold.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(0)
+}
+
+pub(crate) fn to_secs(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+pub(crate) fn from_secs(secs: i64) -> Result<DateTime<Utc>, sqlx::Error> {
+    DateTime::from_timestamp(secs, 0)
+        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {secs} out of range").into()))
+}

@@ -1,0 +1,286 @@
+//! The built `registrar` binary's commands (SPEC C2–C6), on both backends.
+
+mod support;
+
+use registrar::store::Backend;
+use serde_json::Value;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn registrar(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_registrar"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run registrar")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// C6: a failure is exactly one line on stderr and a non-zero exit.
+fn assert_one_line_failure(o: &Output, mentions: &str) {
+    assert!(!o.status.success(), "expected failure, got {o:?}");
+    let err = stderr(o);
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(
+        err.contains(mentions),
+        "{err:?} does not mention {mentions:?}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+both_backends!(c5_migrate_applies_then_reports_up_to_date, |db| {
+    let drop = match db.backend() {
+        Backend::Postgres => {
+            "DROP TABLE location, pcscf_location, refinery_schema_history, version"
+        }
+        Backend::Sqlite => {
+            "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE refinery_schema_history"
+        }
+    };
+    db.exec(drop).await;
+    let first = registrar(&db.url, &["migrate"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("applied V1__location, V2__pcscf_location"),
+        "{}",
+        stdout(&first)
+    );
+    let second = registrar(&db.url, &["migrate"]);
+    assert!(
+        stdout(&second).contains("schema up to date at version 2"),
+        "{}",
+        stdout(&second)
+    );
+    if db.backend() == Backend::Postgres {
+        // S6: Kamailio's version table says location is at version 9.
+        assert_eq!(
+            db.scalar("SELECT table_version::bigint FROM version WHERE table_name = 'location'")
+                .await,
+            9
+        );
+    }
+});
+
+both_backends!(c2_c4_add_then_show_round_trips_every_field, |db| {
+    let add = registrar(
+        &db.url,
+        &[
+            "contacts",
+            "add",
+            "sip:Alice@Example.com",
+            "sip:alice@192.0.2.1:5060",
+            "--expires",
+            "600",
+            "--q",
+            "0.5",
+        ],
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    let show = registrar(
+        &db.url,
+        &["contacts", "show", "sip:alice@example.com", "--json"],
+    );
+    assert!(show.status.success(), "{}", stderr(&show));
+    let list: Value = serde_json::from_str(&stdout(&show)).expect("JSON");
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), 1);
+    let b = &list[0];
+    assert_eq!(b["aor"], "sip:alice@example.com");
+    assert_eq!(b["contact"], "sip:alice@192.0.2.1:5060");
+    assert_eq!(b["q"], 0.5);
+    assert_eq!(b["cseq"], 1);
+    assert_eq!(b["user_agent"], "registrar-cli");
+    assert!(b["callid"].as_str().unwrap().starts_with("cli-"));
+    let left = b["expires_in"].as_i64().unwrap();
+    assert!((598..=600).contains(&left), "{left}");
+    for field in ["received", "path", "socket", "instance", "methods"] {
+        assert!(b[field].is_null(), "{field}: {}", b[field]);
+    }
+    for field in ["reg_id", "flags", "cflags"] {
+        assert_eq!(b[field], 0, "{field}");
+    }
+    assert!(!b["ruid"].as_str().unwrap().is_empty());
+    // Timestamps are RFC 3339 UTC, and the database holds the same instant.
+    let expires = chrono::DateTime::parse_from_rfc3339(b["expires"].as_str().unwrap()).unwrap();
+    assert!(b["expires"].as_str().unwrap().ends_with('Z'));
+    let stored = match db.backend() {
+        Backend::Postgres => {
+            db.scalar("SELECT floor(extract(epoch FROM expires))::bigint FROM location")
+                .await
+        }
+        Backend::Sqlite => db.scalar("SELECT expires FROM location").await,
+    };
+    assert_eq!(stored, expires.timestamp());
+
+    // Unknown AoR: an empty list, exit 0.
+    let none = registrar(
+        &db.url,
+        &["contacts", "show", "sip:nobody@example.com", "--json"],
+    );
+    assert!(none.status.success());
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&none)).unwrap(),
+        Value::Array(vec![])
+    );
+
+    let dump = registrar(&db.url, &["contacts", "dump", "--json"]);
+    let all: Value = serde_json::from_str(&stdout(&dump)).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    let text = registrar(&db.url, &["contacts", "show", "sip:alice@example.com"]);
+    assert!(stdout(&text).contains("sip:alice@192.0.2.1:5060"));
+});
+
+both_backends!(c3_rm_by_contact_ruid_and_all, |db| {
+    for contact in ["sip:a@192.0.2.1", "sip:b@192.0.2.2", "sip:c@192.0.2.3"] {
+        assert!(
+            registrar(
+                &db.url,
+                &["contacts", "add", "sip:bob@example.com", contact]
+            )
+            .status
+            .success()
+        );
+    }
+    let one = registrar(
+        &db.url,
+        &[
+            "contacts",
+            "rm",
+            "sip:bob@example.com",
+            "--contact",
+            "sip:a@192.0.2.1",
+        ],
+    );
+    assert_eq!(stdout(&one).trim(), "removed 1 binding(s)");
+    let show = registrar(
+        &db.url,
+        &["contacts", "show", "sip:bob@example.com", "--json"],
+    );
+    let list: Value = serde_json::from_str(&stdout(&show)).unwrap();
+    let ruid = list[0]["ruid"].as_str().unwrap().to_string();
+    let by_ruid = registrar(
+        &db.url,
+        &["contacts", "rm", "sip:bob@example.com", "--ruid", &ruid],
+    );
+    assert_eq!(stdout(&by_ruid).trim(), "removed 1 binding(s)");
+    let all = registrar(&db.url, &["contacts", "rm", "sip:bob@example.com"]);
+    assert_eq!(stdout(&all).trim(), "removed 1 binding(s)");
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 0);
+});
+
+both_backends!(
+    c4_add_follows_max_contacts_and_refuses_permanent_bindings,
+    |db| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("registrar.toml");
+        std::fs::write(&config, "[domain.\"example.com\"]\nmax_contacts = 1\n").unwrap();
+        let config = config.to_str().unwrap();
+        let ok = registrar(
+            &db.url,
+            &[
+                "--config",
+                config,
+                "contacts",
+                "add",
+                "sip:carol@example.com",
+                "sip:c@192.0.2.1",
+            ],
+        );
+        assert!(ok.status.success(), "{}", stderr(&ok));
+        let refused = registrar(
+            &db.url,
+            &[
+                "--config",
+                config,
+                "contacts",
+                "add",
+                "sip:carol@example.com",
+                "sip:c@192.0.2.2",
+            ],
+        );
+        assert_one_line_failure(&refused, "503");
+        let permanent = registrar(
+            &db.url,
+            &[
+                "contacts",
+                "add",
+                "sip:dave@example.com",
+                "sip:d@h",
+                "--expires",
+                "0",
+            ],
+        );
+        assert_one_line_failure(&permanent, "permanent");
+        assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
+    }
+);
+
+both_backends!(c4_pcontacts_show_and_dump, |db| {
+    let expires = db.in_seconds(120);
+    db.exec(&format!(
+        "INSERT INTO pcscf_location (aor, host, port, protocol, reg_state, expires, public_ids) \
+         VALUES ('sip:ue@198.51.100.7:5062', '198.51.100.7', 5062, 'udp', 32, {expires}, '<sip:ue@ims.example.com>')"
+    ))
+    .await;
+    let show = registrar(
+        &db.url,
+        &["pcontacts", "show", "sip:ue@198.51.100.7:5062", "--json"],
+    );
+    assert!(show.status.success(), "{}", stderr(&show));
+    let list: Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(list[0]["reg_state"], "DEREG_PENDING_PUBLISH");
+    assert_eq!(list[0]["public_ids"][0], "sip:ue@ims.example.com");
+    let by_impu = registrar(
+        &db.url,
+        &["pcontacts", "show", "--aor", "sip:ue@ims.example.com"],
+    );
+    assert!(stdout(&by_impu).contains("DEREG_PENDING_PUBLISH"));
+    let dump = registrar(&db.url, &["pcontacts", "dump"]);
+    assert!(stdout(&dump).contains("1 pcontact(s)"));
+});
+
+#[test]
+fn c6_user_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
+    assert_one_line_failure(
+        &registrar(&url, &["contacts", "show", "alice@example.com"]),
+        "alice@example.com",
+    );
+    assert_one_line_failure(
+        &registrar(&url, &["contacts", "show", "tel:+15550100"]),
+        "not SIP",
+    );
+    assert_one_line_failure(
+        &registrar("mysql://root@localhost/x", &["migrate"]),
+        "unsupported scheme 'mysql'",
+    );
+    assert_one_line_failure(
+        &registrar(&url, &["serve", "--no-such-flag"]),
+        "--no-such-flag",
+    );
+    assert_one_line_failure(
+        &registrar(&url, &["--config", "/nonexistent.toml", "migrate"]),
+        "nonexistent.toml",
+    );
+    assert_one_line_failure(&registrar(&url, &["contacts", "dump"]), "registrar migrate");
+    let started = Instant::now();
+    let down = registrar(
+        "postgres://postgres@127.0.0.1:1/none",
+        &["contacts", "dump"],
+    );
+    assert_one_line_failure(&down, "127.0.0.1:1");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,380 @@
+//! Storage semantics (SPEC S1–S4), the same bodies on SQLite and PostgreSQL.
+
+mod support;
+
+use chrono::{TimeDelta, Utc};
+use registrar::store::{
+    Aor, Backend, Binding, ContactAddress, Plan, RegState, Removal, StoreError,
+};
+use std::time::Duration;
+
+fn aor() -> Aor {
+    Aor::new("alice", "example.com")
+}
+
+/// A binding with every column set to something distinctive, so a round trip shows each one.
+fn full_binding(contact: &str, now: chrono::DateTime<Utc>) -> Binding {
+    Binding {
+        id: 0,
+        ruid: uuid::Uuid::new_v4().to_string(),
+        aor: aor(),
+        contact: contact.into(),
+        received: Some("sip:203.0.113.9:40000;transport=udp".into()),
+        path: Some("<sip:edge1.example.com;lr>,<sip:edge2.example.com;lr>".into()),
+        expires: now + TimeDelta::seconds(600),
+        q: Some(700),
+        callid: "call-1@client".into(),
+        cseq: 4_294_967_295,
+        last_modified: now,
+        flags: 0,
+        cflags: 64,
+        user_agent: Some("test-ua/1.0".into()),
+        socket: Some("udp:127.0.0.1:5060".into()),
+        methods: Some(269),
+        instance: Some("<urn:uuid:00000000-0000-0000-0000-000000000001>".into()),
+        reg_id: 1,
+        server_id: 7,
+        connection_id: -1,
+        keepalive: 1,
+        partition: 3,
+    }
+}
+
+fn insert(b: Binding) -> Plan<()> {
+    let mut plan = Plan::unchanged(());
+    plan.insert.push(b);
+    plan
+}
+
+// S1: every attribute round-trips; `now` comes back with the read.
+both_backends!(s1_binding_round_trips_every_column, |db| {
+    let applied = db
+        .store
+        .update_aor(&aor(), |snap| {
+            insert(full_binding("sip:alice@192.0.2.1:5060", snap.now))
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied.bindings.len(), 1);
+    let written = applied.bindings[0].clone();
+    assert!(written.id > 0, "the database assigns the id");
+    let read = db.store.live_bindings(&aor()).await.unwrap();
+    assert_eq!(read.bindings, vec![written.clone()]);
+    let dumped = db.store.dump_bindings().await.unwrap();
+    assert_eq!(dumped.bindings, vec![written]);
+});
+
+// S1: an unspecified q is stored as −1 (Kamailio's convention) and read back as None.
+both_backends!(s1_unspecified_q_is_minus_one, |db| {
+    db.store
+        .update_aor(&aor(), |snap| {
+            insert(Binding {
+                q: None,
+                instance: None,
+                ..full_binding("sip:a@h", snap.now)
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        db.scalar("SELECT CAST(q AS BIGINT) FROM location").await,
+        -1
+    );
+    assert_eq!(
+        db.store.live_bindings(&aor()).await.unwrap().bindings[0].q,
+        None
+    );
+});
+
+// S1: expired rows are invisible to reads, and a new binding for the same contact (or
+// instance) replaces the expired row as a new binding with a new ruid.
+both_backends!(s1_expired_rows_are_invisible_and_overwritten, |db| {
+    let first = db
+        .store
+        .update_aor(&aor(), |snap| {
+            insert(full_binding("sip:alice@192.0.2.1", snap.now))
+        })
+        .await
+        .unwrap()
+        .bindings[0]
+        .clone();
+    let aged = format!("UPDATE location SET expires = {}", db.in_seconds(-5));
+    assert_eq!(db.exec(&aged).await, 1);
+    let snap = db.store.live_bindings(&aor()).await.unwrap();
+    assert!(
+        snap.bindings.is_empty(),
+        "expired binding visible: {:?}",
+        snap.bindings
+    );
+    assert!(db.store.dump_bindings().await.unwrap().bindings.is_empty());
+
+    let second = db
+        .store
+        .update_aor(&aor(), |snap| {
+            assert!(snap.bindings.is_empty());
+            insert(full_binding("sip:alice@192.0.2.1", snap.now))
+        })
+        .await
+        .unwrap()
+        .bindings[0]
+        .clone();
+    assert_ne!(second.ruid, first.ruid);
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
+
+    // Same instance and reg-id at a different contact: the expired row yields too.
+    db.exec(&aged).await;
+    db.store
+        .update_aor(&aor(), |snap| {
+            insert(full_binding("sip:alice@198.51.100.1", snap.now))
+        })
+        .await
+        .unwrap();
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
+});
+
+// S2: a refresh rewrites the row in place (same id and ruid).
+both_backends!(s2_update_keeps_identity, |db| {
+    let first = db
+        .store
+        .update_aor(&aor(), |snap| insert(full_binding("sip:a@h", snap.now)))
+        .await
+        .unwrap()
+        .bindings[0]
+        .clone();
+    let applied = db
+        .store
+        .update_aor(&aor(), |snap| {
+            let mut b = snap.bindings[0].clone();
+            b.expires = snap.now + TimeDelta::seconds(3600);
+            b.cseq = 5;
+            let mut plan = Plan::unchanged("refreshed");
+            plan.update.push(b);
+            plan
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied.outcome, "refreshed");
+    let b = &applied.bindings[0];
+    assert_eq!((b.id, &b.ruid, b.cseq), (first.id, &first.ruid, 5));
+    assert_eq!(
+        db.store.live_bindings(&aor()).await.unwrap().bindings,
+        applied.bindings
+    );
+});
+
+// S2: a plan that fails in the database leaves nothing half-written.
+both_backends!(s2_failed_plan_writes_nothing, |db| {
+    let result = db
+        .store
+        .update_aor(&aor(), |snap| {
+            let mut plan = insert(full_binding("sip:a@h", snap.now));
+            // The same ruid twice violates the unique ruid index on the second row.
+            let mut dup = full_binding("sip:b@h", snap.now);
+            dup.ruid = plan.insert[0].ruid.clone();
+            dup.instance = None;
+            plan.insert.push(dup);
+            plan
+        })
+        .await;
+    assert!(matches!(result, Err(StoreError::Rejected(_))), "{result:?}");
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 0);
+});
+
+// C3: removal of all bindings, or one by contact or ruid, counts live bindings only.
+both_backends!(c3_remove_by_aor_contact_or_ruid, |db| {
+    for c in ["sip:a@h", "sip:b@h", "sip:c@h"] {
+        db.store
+            .update_aor(&aor(), |snap| {
+                insert(Binding {
+                    instance: None,
+                    ..full_binding(c, snap.now)
+                })
+            })
+            .await
+            .unwrap();
+    }
+    let b = db.store.live_bindings(&aor()).await.unwrap().bindings;
+    let ruid_of_b = b
+        .iter()
+        .find(|x| x.contact == "sip:b@h")
+        .unwrap()
+        .ruid
+        .clone();
+    let removed = db
+        .store
+        .remove_bindings(&aor(), &Removal::Contact("sip:a@h".into()))
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let removed = db
+        .store
+        .remove_bindings(&aor(), &Removal::Ruid(ruid_of_b))
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let removed = db
+        .store
+        .remove_bindings(&aor(), &Removal::Contact("sip:zz@h".into()))
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    let other = Aor::new("bob", "example.com");
+    assert_eq!(
+        db.store
+            .remove_bindings(&other, &Removal::All)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        db.store
+            .remove_bindings(&aor(), &Removal::All)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 0);
+});
+
+// S4: cleanup deletes only rows expired longer than the grace, in batches.
+both_backends!(s4_cleanup_respects_grace_and_batches, |db| {
+    for i in 0..7 {
+        let contact = format!("sip:u@10.0.0.{i}");
+        db.store
+            .update_aor(&aor(), |snap| {
+                insert(Binding {
+                    instance: None,
+                    ..full_binding(&contact, snap.now)
+                })
+            })
+            .await
+            .unwrap();
+    }
+    db.exec(&format!(
+        "UPDATE location SET expires = {} WHERE contact < 'sip:u@10.0.0.5'",
+        db.in_seconds(-120)
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE location SET expires = {} WHERE contact = 'sip:u@10.0.0.5'",
+        db.in_seconds(-10)
+    ))
+    .await;
+    let removed = db
+        .store
+        .remove_expired_bindings(Duration::from_secs(60), 2)
+        .await
+        .unwrap();
+    assert_eq!(removed, 5, "five rows expired 120 s ago, batches of 2");
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 2);
+    let removed = db
+        .store
+        .remove_expired_bindings(Duration::ZERO, 100)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+});
+
+// S3: re-running migrations is a no-op; a schema newer than the binary is refused.
+both_backends!(s3_migrations_are_idempotent_and_guard_newer_schemas, |db| {
+    let again = db.store.migrate().await.unwrap();
+    assert!(again.applied.is_empty());
+    assert_eq!(again.version, 2);
+    db.exec(
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+         VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+    )
+    .await;
+    match db.store.migrate().await {
+        Err(StoreError::SchemaTooNew {
+            database: 99,
+            binary: 2,
+        }) => {}
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+});
+
+// S1 / C4: pcontacts are read back with their state names and Kamailio list forms.
+both_backends!(s1_pcontacts_read_back, |db| {
+    let expires = db.in_seconds(300);
+    db.exec(&format!(
+        "INSERT INTO pcscf_location (aor, host, port, protocol, reg_state, expires, public_ids, service_routes) \
+         VALUES ('sip:ue@198.51.100.7:5060', '198.51.100.7', 5060, 'udp', 2, {expires}, \
+         '<sip:ue@ims.example.com><tel:+15550100>', '<sip:orig@scscf.example.com;lr>')"
+    ))
+    .await;
+    let address = ContactAddress {
+        host: "198.51.100.7".into(),
+        port: 5060,
+        protocol: "udp".into(),
+    };
+    let p = db
+        .store
+        .pcontact(&address)
+        .await
+        .unwrap()
+        .expect("pcontact");
+    assert_eq!(p.reg_state, RegState::Registered);
+    assert_eq!(p.aor, "sip:ue@198.51.100.7:5060");
+    assert!(p.expires > Utc::now());
+    let by_impu = db.store.pcontacts_by_impu("tel:+15550100").await.unwrap();
+    assert_eq!(by_impu.len(), 1);
+    assert!(
+        db.store
+            .pcontacts_by_impu("sip:ue@ims")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(db.store.dump_pcontacts().await.unwrap(), vec![p]);
+});
+
+// S6: a row written by another session in another time zone is judged by its instant.
+both_backends!(s6_time_zone_of_other_writers_does_not_matter, |db| {
+    if db.backend() != Backend::Postgres {
+        return;
+    }
+    db.exec(
+        "SET TIME ZONE 'Asia/Tokyo'; INSERT INTO location (ruid, username, domain, contact, expires, callid, cseq, last_modified) \
+         VALUES ('uloc-1-2-3', 'alice', 'example.com', 'sip:alice@192.0.2.50', now() + interval '10 minutes', 'kam-1', 1, now()); \
+         SET TIME ZONE 'UTC'",
+    )
+    .await;
+    let snap = db.store.live_bindings(&aor()).await.unwrap();
+    assert_eq!(snap.bindings.len(), 1);
+    let left = snap.bindings[0].expires - snap.now;
+    assert!(
+        left > TimeDelta::seconds(590) && left <= TimeDelta::seconds(600),
+        "{left}"
+    );
+    assert_eq!(snap.bindings[0].ruid, "uloc-1-2-3");
+});
+
+// S3: instances starting together against one fresh database all migrate without a race.
+both_backends!(s3_concurrent_migrations_do_not_race, |db| {
+    let drop = match db.backend() {
+        Backend::Postgres => {
+            "DROP TABLE location, pcscf_location, refinery_schema_history, version"
+        }
+        Backend::Sqlite => {
+            "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE refinery_schema_history"
+        }
+    };
+    db.exec(drop).await;
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        let store = db.second_store().await;
+        runs.push(tokio::spawn(async move { store.migrate().await }));
+    }
+    let mut applied = 0;
+    for run in runs {
+        let report = run.await.unwrap().expect("every instance migrates");
+        applied += report.applied.len();
+    }
+    assert_eq!(applied, 2, "each migration applied exactly once");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM refinery_schema_history")
+            .await,
+        2
+    );
+});
