@@ -4,6 +4,7 @@
 //! snake_case.
 
 use crate::registrar::{DomainOverride, Policies, Policy};
+use crate::sip::Transport;
 use crate::store::DEFAULT_DATABASE_URL;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -33,12 +34,6 @@ pub enum ConfigError {
 pub enum Role {
     Registrar,
     Pcscf,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
 }
 
 /// One `--listen` socket.

@@ -9,3 +9,4 @@ pub mod server;
 pub mod sip;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

@@ -3,7 +3,7 @@
 
 use super::decide::{Outcome, decide, prepare};
 use super::request::{Contacts, Policy, Register};
-use crate::store::{Binding, Store, StoreError};
+use crate::store::{Binding, Store, StoreError, Written};
 use chrono::{DateTime, Utc};
 
 /// The outcome of a REGISTER and the AoR's live bindings after it.
@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 pub struct Registration {
     pub outcome: Outcome,
     pub now: DateTime<Utc>,
+    pub written: Written,
     /// In reply order (R10).
     pub bindings: Vec<Binding>,
 }
@@ -24,23 +25,36 @@ pub async fn register(
         return Ok(Registration {
             outcome: Outcome::Refused(refusal),
             now: Utc::now(),
+            written: Written::default(),
             bindings: Vec::new(),
         });
     }
-    let (outcome, now, mut bindings) = if matches!(request.contacts, Contacts::None) {
+    let (outcome, now, written, mut bindings) = if matches!(request.contacts, Contacts::None) {
         // A query writes nothing, so it needs no lock (R10).
         let snapshot = store.live_bindings(&request.aor).await?;
-        (Outcome::Registered, snapshot.now, snapshot.bindings)
+        let written = Written::default();
+        (
+            Outcome::Registered,
+            snapshot.now,
+            written,
+            snapshot.bindings,
+        )
     } else {
         let applied = store
             .update_aor(&request.aor, |snapshot| decide(request, policy, snapshot))
             .await?;
-        (applied.outcome, applied.now, applied.bindings)
+        (
+            applied.outcome,
+            applied.now,
+            applied.written,
+            applied.bindings,
+        )
     };
     reply_order(&mut bindings);
     Ok(Registration {
         outcome,
         now,
+        written,
         bindings,
     })
 }

@@ -1,5 +1,15 @@
-//! SIP syntax: URIs, AoR normalization and (in later files) the wire parser and response
-//! builder. Knows nothing of sockets or databases beyond the plain `store::Aor` key it produces.
+//! SIP syntax: the wire parser (`wire`), header values (`header`), URIs (`uri`), AoR
+//! normalization (`aor`), request checks (`request`) and the response builder (`response`).
+//! Knows nothing of sockets or databases beyond the plain `store::Aor` key it produces.
 
 pub mod aor;
+pub mod header;
+pub mod methods;
+pub mod origin;
+pub mod request;
+pub mod response;
 pub mod uri;
+pub mod via;
+pub mod wire;
+
+pub use origin::{Origin, Transport};

@@ -116,13 +116,36 @@ impl<T> Plan<T> {
     }
 }
 
-/// The result of applying a `Plan`: the role's outcome, the `now` it was decided at, and the
-/// AoR's live bindings after the change.
+/// The result of applying a `Plan`: the role's outcome, the `now` it was decided at, what was
+/// written, and the AoR's live bindings after the change.
 #[derive(Clone, Debug)]
 pub struct Applied<T> {
     pub outcome: T,
     pub now: DateTime<Utc>,
+    pub written: Written,
     pub bindings: Vec<Binding>,
+}
+
+/// How many bindings a change inserted, updated and deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub inserted: usize,
+    pub updated: usize,
+    pub deleted: usize,
+}
+
+impl Written {
+    pub fn of<T>(plan: &Plan<T>) -> Written {
+        Written {
+            inserted: plan.insert.len(),
+            updated: plan.update.len(),
+            deleted: plan.delete.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Written::default()
+    }
 }
 
 /// Which bindings an administrative removal targets (Kamailio `unregister()`, SPEC C3).

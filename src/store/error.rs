@@ -13,6 +13,11 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
 
+    /// Every pooled connection stayed busy for the whole acquire timeout: overload. A SIP
+    /// caller answers 503 with Retry-After.
+    #[error("database busy: no connection free within the acquire timeout")]
+    Busy,
+
     /// The database refused a value or a constraint failed. Retrying the same request will not
     /// help: 500 without Retry-After.
     #[error("database rejected the change: {0}")]
@@ -43,7 +48,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether a retry after a pause may succeed (the SIP answer carries Retry-After).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Busy)
     }
 }
 
@@ -75,5 +80,14 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(err.to_string()),
             _ => StoreError::Unavailable(err),
         }
+    }
+}
+
+/// Sorts a failure to get a pooled connection: a full pool is overload (`Busy`); a pool that
+/// could not even open its connections is an unavailable database.
+pub(crate) fn acquire_error(err: sqlx::Error, open: u32, max: u32) -> StoreError {
+    match err {
+        sqlx::Error::PoolTimedOut if open >= max => StoreError::Busy,
+        other => StoreError::from(other),
     }
 }

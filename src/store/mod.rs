@@ -12,7 +12,7 @@ mod pcontact;
 mod postgres;
 mod sqlite;
 
-pub use binding::{Aor, AorSnapshot, Applied, Binding, Plan, Removal};
+pub use binding::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, Written};
 pub use error::StoreError;
 pub use migrate::MigrationReport;
 pub use pcontact::{ContactAddress, Pcontact, RegState, join_uri_list, split_uri_list};

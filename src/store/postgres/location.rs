@@ -9,7 +9,7 @@
 use super::rows::{BINDING_COLUMNS, BindingArrays, binding};
 use super::{AOR_LOCK_NAMESPACE, PgStore};
 use crate::store::binding::{expired_conflicts, live_after};
-use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError, Written};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::sync::LazyLock;
@@ -62,7 +62,7 @@ impl PgStore {
         F: FnOnce(&AorSnapshot) -> Plan<T> + Send,
         T: Send,
     {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         lock_aor(&mut tx, aor).await?;
         let (now, rows) = read_aor(&mut tx, aor).await?;
         let snapshot = AorSnapshot {
@@ -75,6 +75,7 @@ impl PgStore {
             return Ok(Applied {
                 outcome: plan.outcome,
                 now,
+                written: Written::default(),
                 bindings: snapshot.bindings,
             });
         }
@@ -82,16 +83,18 @@ impl PgStore {
         delete.extend(expired_conflicts(&plan, &rows, now));
         let inserted = write_plan(&mut tx, &delete, &plan.update, plan.insert.clone()).await?;
         tx.commit().await?;
+        let written = Written::of(&plan);
         let bindings = live_after(rows, &plan, inserted, now);
         Ok(Applied {
             outcome: plan.outcome,
             now,
+            written,
             bindings,
         })
     }
 
     pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         let (now, rows) = read_aor(&mut conn, aor).await?;
         Ok(AorSnapshot {
             now,
@@ -100,7 +103,7 @@ impl PgStore {
     }
 
     pub async fn dump_bindings(&self) -> Result<AorSnapshot, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT statement_timestamp()")
             .fetch_one(&mut *conn)
             .await?;
@@ -117,7 +120,7 @@ impl PgStore {
     }
 
     pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         lock_aor(&mut tx, aor).await?;
         let (filter, value) = match which {
             Removal::All => ("", None),

@@ -6,6 +6,7 @@ mod location;
 mod pcscf;
 mod rows;
 
+use super::error::acquire_error;
 use super::{ConnectOptions, StoreError, redact, with_retry};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
@@ -47,6 +48,28 @@ impl PgStore {
             pool,
             options: connect_options,
         })
+    }
+
+    /// A transaction on a pooled connection; a pool exhausted for the whole acquire timeout is
+    /// `Busy` (overload), not `Unavailable`.
+    pub(crate) async fn begin(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.pool.begin().await.map_err(|e| self.acquire_error(e))
+    }
+
+    pub(crate) async fn acquire(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, StoreError> {
+        self.pool.acquire().await.map_err(|e| self.acquire_error(e))
+    }
+
+    fn acquire_error(&self, e: sqlx::Error) -> StoreError {
+        acquire_error(
+            e,
+            self.pool.size(),
+            self.pool.options().get_max_connections(),
+        )
     }
 
     /// The connection pool, for tests and tools that need plain SQL.

@@ -4,7 +4,7 @@
 use super::rows::{BINDING_COLUMNS, binding};
 use super::{SqliteStore, now, to_secs};
 use crate::store::binding::{expired_conflicts, live_after, q_to_column};
-use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError, Written};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -30,7 +30,7 @@ impl SqliteStore {
         F: FnOnce(&AorSnapshot) -> Plan<T> + Send,
         T: Send,
     {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let now = now();
         let rows = read_aor(&mut tx, aor).await?;
         let snapshot = AorSnapshot {
@@ -43,6 +43,7 @@ impl SqliteStore {
             return Ok(Applied {
                 outcome: plan.outcome,
                 now,
+                written: Written::default(),
                 bindings: snapshot.bindings,
             });
         }
@@ -71,16 +72,18 @@ impl SqliteStore {
             inserted.push(Binding { id, ..b.clone() });
         }
         tx.commit().await?;
+        let written = Written::of(&plan);
         let bindings = live_after(rows, &plan, inserted, now);
         Ok(Applied {
             outcome: plan.outcome,
             now,
+            written,
             bindings,
         })
     }
 
     pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         let now = now();
         let rows = read_aor(&mut conn, aor).await?;
         Ok(AorSnapshot {
@@ -104,7 +107,7 @@ impl SqliteStore {
     }
 
     pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let (filter, value) = match which {
             Removal::All => ("", None),
             Removal::Contact(c) => (" AND contact = ?4", Some(c.as_str())),

@@ -8,6 +8,7 @@ mod location;
 mod pcscf;
 mod rows;
 
+use super::error::acquire_error;
 use super::{ConnectOptions, StoreError, redact};
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::sqlite::{
@@ -47,6 +48,31 @@ impl SqliteStore {
             pool,
             options: connect_options,
         })
+    }
+
+    /// A write transaction (`BEGIN IMMEDIATE`); a pool exhausted for the whole acquire timeout
+    /// is `Busy` (overload), not `Unavailable`.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.acquire_error(e))
+    }
+
+    pub(crate) async fn acquire(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
+        self.pool.acquire().await.map_err(|e| self.acquire_error(e))
+    }
+
+    fn acquire_error(&self, e: sqlx::Error) -> StoreError {
+        acquire_error(
+            e,
+            self.pool.size(),
+            self.pool.options().get_max_connections(),
+        )
     }
 
     /// The connection pool, for tests and tools that need plain SQL.

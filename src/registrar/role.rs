@@ -1,0 +1,194 @@
+//! The registrar role as the server sees it: a checked SIP request in, a response out.
+//! REGISTER goes through the checks that need no database (R16, R10's option tags, R2–R6
+//! syntax), then through `service::register`; every other method gets R11's answer.
+
+use super::decide::Outcome;
+use super::extract::register_of;
+use super::request::{Policies, Refusal};
+use super::service::{Registration, register};
+use crate::sip::Origin;
+use crate::sip::header::option_tags;
+use crate::sip::methods::{Capabilities, triage};
+use crate::sip::request::Request;
+use crate::sip::response::{Response, http_date};
+use crate::store::{Binding, Store, StoreError};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub const CAPABILITIES: Capabilities = Capabilities {
+    handles: &["REGISTER"],
+    allow: "REGISTER, OPTIONS",
+    supported: &["path"],
+};
+
+/// What the registrar role needs besides the store.
+#[derive(Clone, Debug)]
+pub struct RegistrarConfig {
+    pub policies: Policies,
+    pub case_sensitive: bool,
+    /// Served domains, lowercased; empty = all (R16).
+    pub domains: Vec<String>,
+    /// Retry-After on 500/503 when the database is unavailable or busy (R13).
+    pub retry_after: u32,
+    /// REGISTERs processed at once; more are answered 503 at once rather than queued (R13).
+    pub max_in_flight: usize,
+}
+
+pub struct Registrar {
+    store: Store,
+    config: RegistrarConfig,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Registrar {
+    pub fn new(store: Store, config: RegistrarConfig) -> Registrar {
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        Registrar {
+            store,
+            config,
+            in_flight,
+        }
+    }
+
+    pub async fn handle(&self, request: &Request, origin: &Origin) -> Option<Response> {
+        if let Some(answer) = triage(request, &CAPABILITIES) {
+            return answer;
+        }
+        Some(self.handle_register(request, origin).await)
+    }
+
+    async fn handle_register(&self, request: &Request, origin: &Origin) -> Response {
+        let wanted = match register_of(request, origin, self.config.case_sensitive) {
+            Ok(r) => r,
+            Err(refusal) => return refused(request, &refusal),
+        };
+        tracing::Span::current().record("aor", tracing::field::display(&wanted.aor));
+        if !self.config.domains.is_empty() && !self.config.domains.contains(&wanted.aor.domain) {
+            return Response::to(&request.message, 404, "Not Found");
+        }
+        let supports_path = option_tags(request.message.headers_named("Supported"))
+            .iter()
+            .any(|t| t == "path");
+        if wanted.path.is_some() && !supports_path {
+            // Deliberate (SPEC R10): refuse before writing; Kamailio writes, then answers 420.
+            return Response::to(&request.message, 420, "Bad Extension")
+                .header("Unsupported", "path")
+                .header("P-Registrar-Error", "No support for found Path indicated");
+        }
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            tracing::warn!("too many REGISTERs in flight; answering 503");
+            return self.unavailable(request, 503, "Service Unavailable");
+        };
+        let policy = self.config.policies.for_domain(&wanted.aor.domain);
+        match register(&self.store, &policy, &wanted).await {
+            Ok(registration) => {
+                log_change(&registration);
+                match &registration.outcome {
+                    Outcome::Registered => registered(request, &registration),
+                    Outcome::Refused(refusal) => refused(request, refusal),
+                }
+            }
+            Err(error) => self.store_failure(request, error),
+        }
+    }
+
+    /// R13: a database that is down or busy is worth retrying; a rejected row is not.
+    fn store_failure(&self, request: &Request, error: StoreError) -> Response {
+        match error {
+            StoreError::Busy => {
+                tracing::warn!(%error, "database busy");
+                self.unavailable(request, 503, "Service Unavailable")
+            }
+            e if e.is_transient() => {
+                tracing::warn!(error = %e, "database unavailable");
+                self.unavailable(request, 500, "Server Internal Error")
+            }
+            e => {
+                tracing::error!(call_id = %request.call_id, error = %e, "database rejected the REGISTER");
+                Response::to(&request.message, 500, "Server Internal Error")
+            }
+        }
+    }
+
+    fn unavailable(&self, request: &Request, code: u16, reason: &'static str) -> Response {
+        Response::to(&request.message, code, reason)
+            .header("Retry-After", self.config.retry_after.to_string())
+    }
+}
+
+fn log_change(registration: &Registration) {
+    let w = registration.written;
+    if !w.is_empty() {
+        tracing::info!(
+            inserted = w.inserted,
+            updated = w.updated,
+            removed = w.deleted,
+            bindings = registration.bindings.len(),
+            "registration changed"
+        );
+    }
+}
+
+/// R10: 200 OK with every live binding and the Date; Path echoed when it was stored.
+fn registered(request: &Request, registration: &Registration) -> Response {
+    let mut response = Response::to(&request.message, 200, "OK");
+    for binding in &registration.bindings {
+        response = response.header("Contact", contact_value(binding, registration.now));
+    }
+    for path in request.message.headers_named("Path") {
+        response = response.header("Path", path);
+    }
+    response.header("Date", http_date(registration.now))
+}
+
+fn refused(request: &Request, refusal: &Refusal) -> Response {
+    let mut response = Response::to(&request.message, refusal.code, refusal.reason);
+    if let Some(min) = refusal.min_expires {
+        response = response.header("Min-Expires", min.to_string());
+    }
+    if let Some(why) = refusal.registrar_error {
+        response = response.header("P-Registrar-Error", why);
+    }
+    response
+}
+
+/// `<uri>;expires=N[;q=…][;+sip.instance="…"][;reg-id=N]`, N the remaining seconds rounded up.
+pub fn contact_value(binding: &Binding, now: DateTime<Utc>) -> String {
+    let millis = (binding.expires - now).num_milliseconds().max(0);
+    let mut value = format!("<{}>;expires={}", binding.contact, (millis + 999) / 1000);
+    if let Some(q) = binding.q {
+        value.push_str(";q=");
+        value.push_str(&q_text(q));
+    }
+    if let Some(instance) = &binding.instance {
+        value.push_str(&format!(";+sip.instance=\"{instance}\""));
+        if binding.reg_id > 0 {
+            value.push_str(&format!(";reg-id={}", binding.reg_id));
+        }
+    }
+    value
+}
+
+/// Kamailio's `q2str`: `1`, `0`, or `0.d`–`0.ddd` without trailing zeros.
+fn q_text(milli: u16) -> String {
+    match milli {
+        1000.. => "1".into(),
+        0 => "0".into(),
+        m => format!("0.{m:03}").trim_end_matches('0').to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r6_q_is_printed_like_kamailio() {
+        assert_eq!(q_text(1000), "1");
+        assert_eq!(q_text(0), "0");
+        assert_eq!(q_text(500), "0.5");
+        assert_eq!(q_text(125), "0.125");
+        assert_eq!(q_text(70), "0.07");
+    }
+}

@@ -1,0 +1,52 @@
+//! Where a message came in: plain data the transport hands to the roles, so that roles can
+//! fill `received`/`socket` without ever touching a socket.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub transport: Transport,
+    /// The packet's source.
+    pub peer: SocketAddr,
+    /// The listener it arrived on.
+    pub local: SocketAddr,
+    /// Kamailio's `connection_id`: −1 for UDP, our connection number for TCP.
+    pub connection_id: i32,
+}
+
+impl Origin {
+    /// Kamailio's `socket` form: `proto:ip:port` of the listener.
+    pub fn socket(&self) -> String {
+        format!("{}:{}", self.transport, self.local)
+    }
+
+    /// The peer's address as it appears in a URI host (IPv6 in brackets).
+    pub fn peer_host(&self) -> String {
+        match self.peer {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Sockets: UDP and TCP listeners that turn bytes into `sip::wire::Message`s, hand them to a
+//! `Handler` (the one seam between transport and roles) and send its response back where
+//! RFC 3261 §18.2.2 says (SPEC R1). Nothing here knows about registrations.
+
+pub mod retrans;
+pub mod tcp;
+pub mod udp;
+
+use crate::sip::response::Response;
+use crate::sip::wire::Message;
+use crate::sip::{Origin, via::stamp_top_via};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::Instrument;
+
+/// What the server plugs into the listeners: a role, or several.
+pub trait Handler: Send + Sync + 'static {
+    /// A request or response and where it came from; returns the response to send, if any.
+    fn handle(
+        &self,
+        message: Message,
+        origin: Origin,
+    ) -> impl Future<Output = Option<Response>> + Send;
+}
+
+/// Counters an operator (or a test) can read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Input that could not be parsed far enough to answer (SPEC R11).
+    pub dropped: AtomicU64,
+    /// UDP retransmissions answered from the response cache.
+    pub retransmissions: AtomicU64,
+}
+
+impl Stats {
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn retransmissions(&self) -> u64 {
+        self.retransmissions.load(Ordering::Relaxed)
+    }
+}
+
+/// Passes one parsed message to the handler inside a span naming the request (Call-ID,
+/// method, and the AoR the role records), after stamping the top Via of a request (R1).
+async fn dispatch<H: Handler>(
+    handler: &H,
+    mut message: Message,
+    origin: Origin,
+) -> Option<Response> {
+    let span = tracing::info_span!(
+        "sip",
+        call_id = message.header("Call-ID").unwrap_or(""),
+        method = message.method().unwrap_or("response"),
+        peer = %origin.peer,
+        aor = tracing::field::Empty,
+    );
+    if message.is_request() {
+        stamp_top_via(&mut message, origin.peer);
+    }
+    async move {
+        tracing::debug!(headers = ?message.headers, "received");
+        let response = handler.handle(message, origin).await;
+        if let Some(r) = &response {
+            tracing::debug!(code = r.code, "answered");
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,121 @@
+//! The UDP listener: one datagram is one message; responses go to the source address (and the
+//! `rport` or sent-by port), retransmissions are answered from the response cache (SPEC R1).
+
+use super::retrans::{Key, Lookup, ResponseCache};
+use super::{Handler, Stats, dispatch};
+use crate::sip::header::{Via, split_list};
+use crate::sip::via::response_destination;
+use crate::sip::wire::{self, WireError};
+use crate::sip::{Origin, Transport};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Largest datagram read; anything longer is truncated by the kernel and dropped here.
+const MAX_DATAGRAM: usize = 65_536;
+
+pub struct UdpListener<H> {
+    pub socket: Arc<UdpSocket>,
+    pub handler: Arc<H>,
+    pub cache: Arc<ResponseCache>,
+    pub stats: Arc<Stats>,
+    pub max_message_size: usize,
+}
+
+impl<H: Handler> UdpListener<H> {
+    pub async fn run(self, shutdown: CancellationToken, tasks: TaskTracker) {
+        let local = match self.socket.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "UDP socket has no address");
+                return;
+            }
+        };
+        let this = Arc::new(self);
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = this.socket.recv_from(&mut buf) => r,
+            };
+            let (len, peer) = match received {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on some systems: not fatal.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            };
+            if len >= MAX_DATAGRAM || len > this.max_message_size {
+                this.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, len, "datagram too large; dropped");
+                continue;
+            }
+            let data = buf[..len].to_vec();
+            let this = Arc::clone(&this);
+            tasks.spawn(async move { this.datagram(data, peer, local).await });
+        }
+    }
+
+    async fn datagram(&self, data: Vec<u8>, peer: SocketAddr, local: SocketAddr) {
+        let message = match wire::parse(&data) {
+            Ok(m) => m,
+            Err(WireError::KeepAlive) => return,
+            Err(WireError::Unparseable(why)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, why, "unparseable datagram dropped");
+                return;
+            }
+        };
+        let origin = Origin {
+            transport: Transport::Udp,
+            peer,
+            local,
+            connection_id: -1,
+        };
+        let key = if message.is_request() {
+            Key::of(&message)
+        } else {
+            None
+        };
+        if let Some(key) = &key {
+            match self.cache.begin(key) {
+                Lookup::New => {}
+                Lookup::InFlight => return,
+                Lookup::Answered(bytes, to) => {
+                    self.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+                    self.send(&bytes, to).await;
+                    return;
+                }
+            }
+        }
+        let top_via = message
+            .header("Via")
+            .and_then(|v| split_list(v).first().and_then(|t| Via::parse(t)));
+        let to = response_destination(top_via.as_ref(), peer);
+        match dispatch(self.handler.as_ref(), message, origin).await {
+            Some(response) => {
+                let bytes = response.to_bytes();
+                // Cache first: a retransmission sent the moment our answer arrives must find it.
+                if let Some(key) = key {
+                    self.cache.finish(key, bytes.clone(), to);
+                }
+                self.send(&bytes, to).await;
+            }
+            None => {
+                if let Some(key) = key {
+                    self.cache.abandon(&key);
+                }
+            }
+        }
+    }
+
+    async fn send(&self, bytes: &[u8], to: SocketAddr) {
+        if let Err(e) = self.socket.send_to(bytes, to).await {
+            tracing::debug!(%to, error = %e, "UDP send failed");
+        }
+    }
+}
