@@ -68,23 +68,7 @@ impl Running {
 /// Binds every listener and starts serving; returns once all are listening.
 pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerError> {
     let stats = Arc::new(Stats::default());
-    let role = match settings.role {
-        Role::Registrar => Active::Registrar(Registrar::new(
-            store.clone(),
-            RegistrarConfig {
-                policies: settings.policies.clone(),
-                case_sensitive: settings.case_sensitive,
-                domains: settings.domains.clone(),
-                retry_after: settings.retry_after,
-                max_in_flight: MAX_IN_FLIGHT,
-            },
-        )),
-        Role::Pcscf => return Err(ServerError::RoleNotImplemented),
-    };
-    let handler = Arc::new(Roles {
-        role,
-        stats: Arc::clone(&stats),
-    });
+    let handler = Arc::new(roles(settings, store.clone(), Arc::clone(&stats))?);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let cache = Arc::new(ResponseCache::new(settings.retrans_cache_bytes));
@@ -142,6 +126,24 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         tasks,
         store,
     })
+}
+
+/// The role `settings` asks for, behind the common request checks.
+pub fn roles(settings: &Settings, store: Store, stats: Arc<Stats>) -> Result<Roles, ServerError> {
+    let role = match settings.role {
+        Role::Registrar => Active::Registrar(Registrar::new(
+            store,
+            RegistrarConfig {
+                policies: settings.policies.clone(),
+                case_sensitive: settings.case_sensitive,
+                domains: settings.domains.clone(),
+                retry_after: settings.retry_after,
+                max_in_flight: MAX_IN_FLIGHT,
+            },
+        )),
+        Role::Pcscf => return Err(ServerError::RoleNotImplemented),
+    };
+    Ok(Roles { role, stats })
 }
 
 /// `serve`: start, wait for SIGINT or SIGTERM, stop.

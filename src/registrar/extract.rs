@@ -102,7 +102,13 @@ fn requested_contact(text: &str) -> Result<RequestedContact, Refusal> {
         ),
     };
     let instance = match contact.param("+sip.instance") {
-        Some(Some(v)) if !v.is_empty() && v.len() <= MAX_INSTANCE => Some(v.to_string()),
+        Some(Some(v))
+            if !v.is_empty()
+                && v.len() <= MAX_INSTANCE
+                && !v.contains(|c: char| c.is_control()) =>
+        {
+            Some(v.to_string())
+        }
         Some(_) => return Err(CONTACT_PARSE),
         None => None,
     };
@@ -135,6 +141,9 @@ fn path_of(request: &Request) -> Result<Option<String>, Refusal> {
     let mut hops = Vec::new();
     for value in request.message.headers_named("Path") {
         for hop in split_list(value) {
+            if hop.contains(|c: char| c.is_control()) {
+                return Err(parse_error);
+            }
             let addr = NameAddr::parse(hop).ok_or(parse_error.clone())?;
             Uri::parse(&addr.uri).map_err(|_| parse_error.clone())?;
             hops.push(hop);

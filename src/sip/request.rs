@@ -125,7 +125,7 @@ fn check(message: &Message) -> Result<Parts, Rejection> {
         Ok(first)
     };
     let call_id = one("Call-ID")?;
-    if call_id.is_empty() || call_id.chars().any(char::is_whitespace) {
+    if call_id.is_empty() || call_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Rejection::bad("Invalid Call-ID"));
     }
     if call_id.len() > MAX_CALL_ID {

@@ -1,5 +1,6 @@
-//! RFC 3261 §18.2.1 and RFC 3581 on the server side: note where a request really came from in
-//! its top Via, and send the response back there.
+//! RFC 3261 §18.2.1 and RFC 3581 on the server side: note in its top Via where a request really
+//! came from. Responses always go back to the source address and port (SPEC R1; Kamailio's
+//! `force_rport()` behaviour): a NAT between us and the client makes any other choice wrong.
 
 use super::header::{Via, split_list};
 use super::wire::Message;
@@ -28,17 +29,6 @@ pub fn stamp_top_via(message: &mut Message, peer: SocketAddr) {
         value.push_str(rest);
     }
     header.value = value;
-}
-
-/// Where a UDP response goes (RFC 3261 §18.2.2 with RFC 3581): the source address, and the
-/// source port when the client asked for `rport`, else the sent-by port (default 5060).
-pub fn response_destination(top: Option<&Via>, peer: SocketAddr) -> SocketAddr {
-    match top {
-        Some(via) if via.param("rport").is_none() => {
-            SocketAddr::new(peer.ip(), via.port.unwrap_or(5060))
-        }
-        _ => peer,
-    }
 }
 
 fn host_is(host: &str, ip: IpAddr) -> bool {
@@ -89,18 +79,5 @@ mod tests {
             m.header("Via"),
             Some("SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK1")
         );
-    }
-
-    #[test]
-    fn r1_destination_honours_rport() {
-        let peer: SocketAddr = "203.0.113.5:40001".parse().unwrap();
-        let with = Via::parse("SIP/2.0/UDP 10.0.0.1:5070;rport").unwrap();
-        assert_eq!(response_destination(Some(&with), peer), peer);
-        let without = Via::parse("SIP/2.0/UDP 10.0.0.1:5070").unwrap();
-        assert_eq!(
-            response_destination(Some(&without), peer),
-            "203.0.113.5:5070".parse().unwrap()
-        );
-        assert_eq!(response_destination(None, peer), peer);
     }
 }

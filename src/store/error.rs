@@ -68,7 +68,13 @@ impl From<sqlx::Error> for StoreError {
                 if code == "42P01" || db.message().starts_with("no such table") {
                     return StoreError::NotMigrated(err);
                 }
-                if constraint || code.starts_with("22") || code.starts_with("23") {
+                // SQLite: primary result codes 18 TOOBIG, 19 CONSTRAINT, 20 MISMATCH.
+                let sqlite_primary = code.parse::<i32>().ok().map(|c| c & 0xff);
+                if constraint
+                    || code.starts_with("22")
+                    || code.starts_with("23")
+                    || matches!(sqlite_primary, Some(18..=20))
+                {
                     StoreError::Rejected(err)
                 } else {
                     StoreError::Unavailable(err)

@@ -42,6 +42,15 @@ impl Stats {
     }
 }
 
+/// The whole request path for one message's bytes, without a socket: parse, hand to the role,
+/// serialize the answer. What the listeners do, minus I/O (used by the fuzz test).
+pub async fn respond<H: Handler>(handler: &H, bytes: &[u8], origin: Origin) -> Option<Vec<u8>> {
+    let message = crate::sip::wire::parse(bytes).ok()?;
+    dispatch(handler, message, origin)
+        .await
+        .map(|r| r.to_bytes())
+}
+
 /// Passes one parsed message to the handler inside a span naming the request (Call-ID,
 /// method, and the AoR the role records), after stamping the top Via of a request (R1).
 async fn dispatch<H: Handler>(

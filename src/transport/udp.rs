@@ -1,10 +1,8 @@
-//! The UDP listener: one datagram is one message; responses go to the source address (and the
-//! `rport` or sent-by port), retransmissions are answered from the response cache (SPEC R1).
+//! The UDP listener: one datagram is one message; responses go back to its source address and
+//! port, retransmissions are answered from the response cache (SPEC R1).
 
 use super::retrans::{Key, Lookup, ResponseCache};
 use super::{Handler, Stats, dispatch};
-use crate::sip::header::{Via, split_list};
-use crate::sip::via::response_destination;
 use crate::sip::wire::{self, WireError};
 use crate::sip::{Origin, Transport};
 use std::net::SocketAddr;
@@ -92,10 +90,8 @@ impl<H: Handler> UdpListener<H> {
                 }
             }
         }
-        let top_via = message
-            .header("Via")
-            .and_then(|v| split_list(v).first().and_then(|t| Via::parse(t)));
-        let to = response_destination(top_via.as_ref(), peer);
+        // Symmetric response routing (SPEC R1): back to the source address and port.
+        let to = peer;
         match dispatch(self.handler.as_ref(), message, origin).await {
             Some(response) => {
                 let bytes = response.to_bytes();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod proxy;
 pub mod sip;
 
 use registrar::store::{Backend, ConnectOptions, Store};

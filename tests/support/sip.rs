@@ -110,10 +110,12 @@ impl Udp {
 
     /// Sends and waits for the reply (panics after 5 s).
     pub async fn ask(&self, text: &str) -> Reply {
+        self.ask_within(text, Duration::from_secs(5)).await
+    }
+
+    pub async fn ask_within(&self, text: &str, wait: Duration) -> Reply {
         self.send(text).await;
-        self.recv(Duration::from_secs(5))
-            .await
-            .expect("a reply within 5 s")
+        self.recv(wait).await.expect("a reply in time")
     }
 }
 
