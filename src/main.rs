@@ -20,6 +20,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A one-shot command piped into `head` should end quietly when the pipe closes, as
+        // Unix tools do, instead of failing on the next print. (The server keeps Rust's
+        // default of ignoring SIGPIPE: a closed TCP peer must not kill it.)
+        // SAFETY: resetting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     registrar::telemetry::init(match cli.command {
         Command::Serve(_) => "info",
         _ => "warn",
