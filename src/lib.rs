@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod pcscf;
 pub mod registrar;
 pub mod server;
 pub mod sip;

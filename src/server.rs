@@ -1,15 +1,22 @@
-//! `serve`'s wiring: bind the listeners, plug the role into them, run the background jobs,
-//! and stop cleanly on SIGINT/SIGTERM (stop reading, finish what is in flight, exit 0).
+//! `serve`'s wiring: bind the listeners, build the role and plug it into them, run the
+//! background jobs, and stop cleanly on SIGINT/SIGTERM (stop reading, finish what is in
+//! flight, exit 0).
 
-use crate::config::{ListenAddr, Role, Settings};
+use crate::config::{ListenAddr, PcscfSettings, Role, Settings};
+use crate::pcscf::relay::Identity;
+use crate::pcscf::role::transport_of;
+use crate::pcscf::{Pcscf, PcscfConfig};
 use crate::registrar::{Registrar, RegistrarConfig};
+use crate::sip::outbound::{Destination, Outbound};
 use crate::sip::request::{Invalid, Rejection, Request};
 use crate::sip::response::Response;
+use crate::sip::uri::Uri;
 use crate::sip::wire::Message;
 use crate::sip::{Origin, Transport};
 use crate::store::Store;
+use crate::transport::outbound::Sender;
 use crate::transport::retrans::ResponseCache;
-use crate::transport::tcp::TcpListener;
+use crate::transport::tcp::{ConnectionSettings, Connections, TcpListener};
 use crate::transport::udp::UdpListener;
 use crate::transport::{Handler, Stats};
 use std::net::SocketAddr;
@@ -36,8 +43,8 @@ pub enum ServerError {
     },
     #[error("cannot install the signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("the P-CSCF role is not implemented yet")]
-    RoleNotImplemented,
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A running server: its bound addresses, counters, and the handle that stops it.
@@ -45,6 +52,8 @@ pub struct Running {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub stats: Arc<Stats>,
+    /// The P-CSCF, when that is the role (tests drive its expiry job directly).
+    pub pcscf: Option<Arc<Pcscf>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     store: Store,
@@ -67,12 +76,10 @@ impl Running {
 
 /// Binds every listener and starts serving; returns once all are listening.
 pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerError> {
-    let stats = Arc::new(Stats::default());
-    let handler = Arc::new(roles(settings, store.clone(), Arc::clone(&stats))?);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let cache = Arc::new(ResponseCache::new(settings.retrans_cache_bytes));
-    let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+    let stats = Arc::new(Stats::default());
+    let (mut udp_sockets, mut tcp_listeners) = (Vec::new(), Vec::new());
     for listen in &settings.listen {
         let bind_error = |source| ServerError::Bind {
             what: describe(listen),
@@ -83,55 +90,107 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
                 let socket = tokio::net::UdpSocket::bind(listen.addr)
                     .await
                     .map_err(bind_error)?;
-                udp.push(socket.local_addr().map_err(bind_error)?);
-                let listener = UdpListener {
-                    socket: Arc::new(socket),
-                    handler: Arc::clone(&handler),
-                    cache: Arc::clone(&cache),
-                    stats: Arc::clone(&stats),
-                    max_message_size: settings.max_message_size,
-                };
-                tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
+                udp_sockets.push(Arc::new(socket));
             }
             Transport::Tcp => {
                 let socket = tokio::net::TcpListener::bind(listen.addr)
                     .await
                     .map_err(bind_error)?;
-                tcp.push(socket.local_addr().map_err(bind_error)?);
-                let listener = TcpListener {
-                    listener: socket,
-                    handler: Arc::clone(&handler),
-                    stats: Arc::clone(&stats),
-                    max_message_size: settings.max_message_size,
-                    idle_timeout: settings.tcp_idle_timeout,
-                };
-                tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
+                tcp_listeners.push(socket);
             }
         }
     }
-    if settings.role == Role::Registrar {
-        tasks.spawn(cleanup(
+    let udp: Vec<SocketAddr> = udp_sockets
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .collect();
+    let tcp: Vec<SocketAddr> = tcp_listeners
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .collect();
+    let connection_settings = ConnectionSettings {
+        stats: Arc::clone(&stats),
+        connections: Arc::new(Connections::default()),
+        max_message_size: settings.max_message_size,
+        idle_timeout: settings.tcp_idle_timeout,
+    };
+    let sender = Arc::new(Sender::<Roles>::new(
+        udp_sockets.first().cloned(),
+        connection_settings.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    let first_listen = udp.first().or(tcp.first()).copied();
+    let handler = Arc::new(
+        roles(
+            settings,
             store.clone(),
-            settings.cleanup_interval,
-            settings.cleanup_grace,
+            Arc::clone(&stats),
+            Arc::clone(&sender) as Arc<dyn Outbound>,
+            first_listen,
             shutdown.clone(),
-        ));
+        )
+        .await?,
+    );
+    sender.set_handler(&handler);
+    let cache = Arc::new(ResponseCache::new(settings.retrans_cache_bytes));
+    for socket in udp_sockets {
+        let listener = UdpListener {
+            socket,
+            handler: Arc::clone(&handler),
+            cache: Arc::clone(&cache),
+            stats: Arc::clone(&stats),
+            max_message_size: settings.max_message_size,
+        };
+        tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     }
+    for socket in tcp_listeners {
+        let listener = TcpListener {
+            listener: socket,
+            handler: Arc::clone(&handler),
+            settings: connection_settings.clone(),
+        };
+        tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
+    }
+    let pcscf = match &handler.role {
+        Active::Registrar(_) => {
+            tasks.spawn(cleanup(
+                store.clone(),
+                settings.cleanup_interval,
+                settings.cleanup_grace,
+                shutdown.clone(),
+            ));
+            None
+        }
+        Active::Pcscf(p) => {
+            tasks.spawn(crate::pcscf::audit::run(Arc::clone(p)));
+            Some(Arc::clone(p))
+        }
+    };
     tracing::info!(?udp, ?tcp, role = ?settings.role, "listening");
     Ok(Running {
         udp,
         tcp,
         stats,
+        pcscf,
         shutdown,
         tasks,
         store,
     })
 }
 
-/// The role `settings` asks for, behind the common request checks.
-pub fn roles(settings: &Settings, store: Store, stats: Arc<Stats>) -> Result<Roles, ServerError> {
+/// The role `settings` asks for, behind the common request checks. `first_listen` is the
+/// address the P-CSCF names itself by when `--pcscf-uri` is not given.
+pub async fn roles(
+    settings: &Settings,
+    store: Store,
+    stats: Arc<Stats>,
+    outbound: Arc<dyn Outbound>,
+    first_listen: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> Result<Roles, ServerError> {
     let role = match settings.role {
-        Role::Registrar => Active::Registrar(Registrar::new(
+        Role::Registrar => Active::Registrar(Box::new(Registrar::new(
             store,
             RegistrarConfig {
                 policies: settings.policies.clone(),
@@ -140,10 +199,82 @@ pub fn roles(settings: &Settings, store: Store, stats: Arc<Stats>) -> Result<Rol
                 retry_after: settings.retry_after,
                 max_in_flight: MAX_IN_FLIGHT,
             },
-        )),
-        Role::Pcscf => return Err(ServerError::RoleNotImplemented),
+        ))),
+        Role::Pcscf => {
+            let config = pcscf_config(settings, first_listen).await?;
+            tracing::info!(scscf = %config.scscf.addr, identity = %config.identity.uri, "P-CSCF");
+            Active::Pcscf(Pcscf::new(store, outbound, config, shutdown))
+        }
     };
     Ok(Roles { role, stats })
+}
+
+/// SPEC P2/P7: resolves the S-CSCF and PUBLISH targets and our own URI.
+async fn pcscf_config(
+    settings: &Settings,
+    first_listen: Option<SocketAddr>,
+) -> Result<PcscfConfig, ServerError> {
+    let p: &PcscfSettings = &settings.pcscf;
+    let scscf_uri = p
+        .scscf
+        .clone()
+        .ok_or_else(|| ServerError::Config("--role pcscf needs --scscf".into()))?;
+    let scscf = destination(&scscf_uri, "--scscf").await?;
+    let publish_to = match &p.publish_to {
+        Some(uri) => destination(uri, "--publish-to").await?,
+        None => scscf,
+    };
+    let pcscf_uri = match (&p.pcscf_uri, first_listen) {
+        (Some(uri), _) => uri.clone(),
+        (None, Some(addr)) if !addr.ip().is_unspecified() => match addr {
+            SocketAddr::V4(a) => format!("sip:{a}"),
+            SocketAddr::V6(a) => format!("sip:[{}]:{}", a.ip(), a.port()),
+        },
+        _ => {
+            return Err(ServerError::Config(
+                "--pcscf-uri is needed when the first --listen address is 0.0.0.0 or ::".into(),
+            ));
+        }
+    };
+    let identity = Identity::from_uri(&pcscf_uri).map_err(ServerError::Config)?;
+    Ok(PcscfConfig {
+        scscf,
+        publish_to,
+        identity,
+        notify_window: p.notify_window,
+        audit_interval: p.audit_interval,
+        audit_grace: p.audit_grace,
+        pending_expires: p.pending_expires,
+        t1: p.t1,
+        publish_backoff: p.publish_backoff,
+        publish_max_attempts: p.publish_max_attempts,
+        default_expires: settings.policies.base.default_expires,
+        retry_after: settings.retry_after,
+    })
+}
+
+async fn destination(uri_text: &str, flag: &str) -> Result<Destination, ServerError> {
+    let uri = Uri::parse(uri_text)
+        .ok()
+        .filter(|u| u.scheme.is_sip())
+        .ok_or_else(|| ServerError::Config(format!("{flag} '{uri_text}' is not a SIP URI")))?;
+    let host = uri
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port.unwrap_or(5060);
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            ServerError::Config(format!("{flag} '{uri_text}': cannot resolve {host}"))
+        })?;
+    Ok(Destination {
+        transport: transport_of(&uri),
+        addr,
+    })
 }
 
 /// `serve`: start, wait for SIGINT or SIGTERM, stop.
@@ -193,7 +324,8 @@ pub struct Roles {
 }
 
 enum Active {
-    Registrar(Registrar),
+    Registrar(Box<Registrar>),
+    Pcscf(Arc<Pcscf>),
 }
 
 impl Roles {
@@ -217,7 +349,10 @@ impl Roles {
 impl Handler for Roles {
     async fn handle(&self, message: Message, origin: Origin) -> Option<Response> {
         if !message.is_request() {
-            // The registrar sends no requests, so no response is ours to consume.
+            // Only the P-CSCF sends requests, so only it has responses to take.
+            if let Active::Pcscf(pcscf) = &self.role {
+                pcscf.on_response(message);
+            }
             return None;
         }
         let request = match Request::from_message(message) {
@@ -226,6 +361,7 @@ impl Handler for Roles {
         };
         match &self.role {
             Active::Registrar(registrar) => registrar.handle(&request, &origin).await,
+            Active::Pcscf(pcscf) => pcscf.handle(&request, &origin).await,
         }
     }
 }

@@ -8,9 +8,19 @@ mod support;
 use proptest::prelude::*;
 use registrar::config::{Overrides, Settings};
 use registrar::server::{Roles, roles};
+use registrar::sip::outbound::{Destination, Outbound, SendFuture};
 use registrar::sip::{Origin, Transport};
 use registrar::transport::{Stats, respond};
 use std::sync::{Arc, OnceLock};
+
+/// The registrar never sends requests of its own; nothing should reach this.
+struct Nowhere;
+
+impl Outbound for Nowhere {
+    fn send(&self, _to: Destination, _bytes: Vec<u8>) -> SendFuture<'_> {
+        Box::pin(async { Err(std::io::Error::other("the registrar sends nothing")) })
+    }
+}
 
 struct Rig {
     runtime: tokio::runtime::Runtime,
@@ -29,7 +39,16 @@ fn rig() -> &'static Rig {
             .unwrap();
         let db = runtime.block_on(support::TestDb::sqlite());
         let settings = Settings::load(None, Some(db.url.clone()), Overrides::default()).unwrap();
-        let handler = roles(&settings, db.store.clone(), Arc::new(Stats::default())).unwrap();
+        let handler = runtime
+            .block_on(roles(
+                &settings,
+                db.store.clone(),
+                Arc::new(Stats::default()),
+                Arc::new(Nowhere),
+                None,
+                tokio_util::sync::CancellationToken::new(),
+            ))
+            .unwrap();
         Rig {
             runtime,
             handler,

@@ -6,6 +6,7 @@ pub mod aor;
 pub mod header;
 pub mod methods;
 pub mod origin;
+pub mod outbound;
 pub mod request;
 pub mod response;
 pub mod uri;

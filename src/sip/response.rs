@@ -45,6 +45,24 @@ impl Response {
         }
     }
 
+    /// A response received from elsewhere, to be passed on as it is (a proxy's relay).
+    pub fn relayed(message: &Message) -> Option<Response> {
+        let super::wire::StartLine::Response { code, reason } = &message.start else {
+            return None;
+        };
+        Some(Response {
+            code: *code,
+            reason: Cow::Owned(reason.clone()),
+            headers: message
+                .headers
+                .iter()
+                .filter(|h| h.name != "Content-Length")
+                .map(|h| (Cow::Owned(h.name.clone()), h.value.clone()))
+                .collect(),
+            body: message.body.clone(),
+        })
+    }
+
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((Cow::Borrowed(name), value.into()));
         self

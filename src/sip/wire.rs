@@ -81,6 +81,31 @@ impl Message {
             .map(|h| h.value.as_str())
     }
 
+    /// Serializes the message with a Content-Length that matches its body (any Content-Length
+    /// header it had is replaced).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512 + self.body.len());
+        match &self.start {
+            StartLine::Request {
+                method,
+                uri,
+                version,
+            } => out.extend_from_slice(format!("{method} {uri} {version}\r\n").as_bytes()),
+            StartLine::Response { code, reason } => {
+                out.extend_from_slice(format!("SIP/2.0 {code} {reason}\r\n").as_bytes())
+            }
+        }
+        for h in self.headers.iter().filter(|h| h.name != "Content-Length") {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
     fn mark(&mut self, defect: &'static str) {
         if self.defect.is_none() {
             self.defect = Some(Cow::Borrowed(defect));
@@ -381,6 +406,16 @@ mod tests {
         assert_eq!(m.defect.as_deref(), Some("Malformed Request-Line"));
         let m = parse(b"INVITE sip:a@b SIP/2.0\r\nno colon here\r\n\r\n").unwrap();
         assert_eq!(m.defect.as_deref(), Some("Malformed header line"));
+    }
+
+    #[test]
+    fn serializes_back_with_a_fresh_content_length() {
+        let mut m = parse(REGISTER.as_bytes()).unwrap();
+        m.body = b"xyz".to_vec();
+        let again = parse(&m.to_bytes()).unwrap();
+        assert_eq!(again.body, b"xyz");
+        assert_eq!(again.header("Content-Length"), Some("3"));
+        assert_eq!(again.headers.len(), m.headers.len());
     }
 
     #[test]

@@ -15,7 +15,10 @@ mod sqlite;
 pub use binding::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, Written};
 pub use error::StoreError;
 pub use migrate::MigrationReport;
-pub use pcontact::{ContactAddress, Pcontact, RegState, join_uri_list, split_uri_list};
+pub use pcontact::{
+    ContactAddress, Pcontact, PcontactApplied, PcontactChange, PcontactPlan, PcontactSnapshot,
+    PublishProgress, RegState, join_uri_list, split_uri_list,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -137,6 +140,55 @@ impl Store {
     /// Every pcontact, in any state.
     pub async fn dump_pcontacts(&self) -> Result<Vec<Pcontact>, StoreError> {
         dispatch!(self, s => s.dump_pcontacts().await)
+    }
+
+    /// Lets `decide` change the pcontact of one contact address atomically, serialized with
+    /// every other change of that address and with the expiry job's claims (SPEC P1, P3, P6).
+    pub async fn update_pcontact<T, F>(
+        &self,
+        address: &ContactAddress,
+        decide: F,
+    ) -> Result<PcontactApplied<T>, StoreError>
+    where
+        F: FnOnce(&PcontactSnapshot) -> PcontactPlan<T> + Send,
+        T: Send,
+    {
+        dispatch!(self, s => s.update_pcontact(address, decide).await)
+    }
+
+    /// SPEC P5: atomically marks up to `limit` stale pcontacts `DEREG_PENDING_PUBLISH` and
+    /// claimed by `owner` for `lease`, and returns them: pcontacts expired for `stale_after`
+    /// or longer, and pcontacts whose earlier claim lapsed (an instance that died). No two
+    /// callers ever get the same pcontact while a lease runs.
+    pub async fn claim_stale_pcontacts(
+        &self,
+        stale_after: Duration,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Pcontact>, StoreError> {
+        dispatch!(self, s => s.claim_stale_pcontacts(stale_after, owner, lease, limit).await)
+    }
+
+    /// Deletes `REG_PENDING` pcontacts expired for `stale_after` or longer (SPEC P5).
+    pub async fn remove_stale_pending(&self, stale_after: Duration) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.remove_stale_pending(stale_after).await)
+    }
+
+    /// Records PUBLISH progress and extends the lease, if `owner` still holds the claim.
+    pub async fn renew_claim(
+        &self,
+        id: i64,
+        owner: &str,
+        lease: Duration,
+        progress: &PublishProgress,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.renew_claim(id, owner, lease, progress).await)
+    }
+
+    /// Deletes a claimed pcontact once its PUBLISH work is over, if `owner` still holds it.
+    pub async fn finish_claim(&self, id: i64, owner: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.finish_claim(id, owner).await)
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

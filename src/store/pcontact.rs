@@ -140,3 +140,90 @@ mod tests {
         assert_eq!(RegState::from_column(14).name(), "UNKNOWN(14)");
     }
 }
+
+/// The pcontact of one UE contact address as read under its lock, with `now`.
+#[derive(Clone, Debug)]
+pub struct PcontactSnapshot {
+    pub now: DateTime<Utc>,
+    pub pcontact: Option<Pcontact>,
+}
+
+/// What the P-CSCF decided for one contact address.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PcontactChange {
+    Keep,
+    /// Write a new row (any `id` is ignored).
+    Insert(Pcontact),
+    /// Rewrite the snapshot's row with these values.
+    Update(Pcontact),
+    /// Remove the snapshot's row.
+    Delete,
+    /// Remove the snapshot's row and write this one instead (a stale pcontact replaced).
+    Replace(Pcontact),
+}
+
+#[derive(Clone, Debug)]
+pub struct PcontactPlan<T> {
+    pub change: PcontactChange,
+    pub outcome: T,
+}
+
+impl<T> PcontactPlan<T> {
+    pub fn keep(outcome: T) -> Self {
+        PcontactPlan {
+            change: PcontactChange::Keep,
+            outcome,
+        }
+    }
+}
+
+/// The outcome of a `PcontactPlan` and the row as it is afterwards.
+#[derive(Clone, Debug)]
+pub struct PcontactApplied<T> {
+    pub outcome: T,
+    pub now: DateTime<Utc>,
+    pub pcontact: Option<Pcontact>,
+}
+
+/// Progress of a claimed pcontact's expiry PUBLISH, written back so that an instance taking
+/// over after a crash continues where the last one stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishProgress {
+    /// Identities done (2xx or given up), `<uri><uri>`.
+    pub published_ids: Option<String>,
+    /// Failed attempts for the identity being published.
+    pub attempts: i32,
+    pub next_publish_at: Option<DateTime<Utc>>,
+}
+
+impl Pcontact {
+    /// A new row for a UE contact (the fields the REGISTER tells).
+    pub fn new(
+        aor: String,
+        address: ContactAddress,
+        reg_state: RegState,
+        expires: DateTime<Utc>,
+    ) -> Pcontact {
+        Pcontact {
+            id: 0,
+            aor,
+            address,
+            received: None,
+            received_port: None,
+            received_proto: None,
+            path: None,
+            rinstance: None,
+            reg_state,
+            expires,
+            service_routes: None,
+            socket: None,
+            public_ids: None,
+            claimed_by: None,
+            claimed_until: None,
+            publish_attempts: 0,
+            next_publish_at: None,
+            published_ids: None,
+            last_modified: expires,
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! `Handler` (the one seam between transport and roles) and send its response back where
 //! RFC 3261 §18.2.2 says (SPEC R1). Nothing here knows about registrations.
 
+pub mod outbound;
 pub mod retrans;
 pub mod tcp;
 pub mod udp;

@@ -1,13 +1,18 @@
-//! The TCP listener: a task per connection that frames messages by Content-Length (SPEC R1),
-//! handles each in a task of its own and writes responses back on the same connection through
-//! one writer task. Idle connections are closed; a message without Content-Length is answered
-//! 400 and one over the size limit 413, and the connection closed (its framing is lost).
+//! TCP: the listener, and the connections it accepts or the outbound side opens. A task per
+//! connection frames messages by Content-Length (SPEC R1) and handles each in a task of its
+//! own; one writer task per connection sends responses — and, through the `Connections`
+//! registry, anything else addressed to that peer (RFC 3261 §18: reuse the connection). Idle
+//! connections are closed; a message without Content-Length is answered 400 and one over the
+//! size limit 413, and the connection closed (its framing is lost).
 
 use super::{Handler, Stats, dispatch};
 use crate::sip::response::Response;
 use crate::sip::wire::{self, parse_u32};
 use crate::sip::{Origin, Transport};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,12 +27,75 @@ const MAX_CONNECTIONS: usize = 4096;
 pub struct TcpListener<H> {
     pub listener: TokioListener,
     pub handler: Arc<H>,
+    pub settings: ConnectionSettings,
+}
+
+/// What every connection of a server shares.
+#[derive(Clone)]
+pub struct ConnectionSettings {
     pub stats: Arc<Stats>,
+    pub connections: Arc<Connections>,
     pub max_message_size: usize,
     pub idle_timeout: Duration,
 }
 
+/// The writer of every open connection, by peer address.
+#[derive(Default)]
+pub struct Connections {
+    writers: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+}
+
+impl Connections {
+    pub fn writer(&self, peer: SocketAddr) -> Option<mpsc::Sender<Vec<u8>>> {
+        self.lock().get(&peer).filter(|tx| !tx.is_closed()).cloned()
+    }
+
+    fn insert(&self, peer: SocketAddr, tx: mpsc::Sender<Vec<u8>>) {
+        self.lock().insert(peer, tx);
+    }
+
+    fn remove(&self, peer: SocketAddr, tx: &mpsc::Sender<Vec<u8>>) {
+        let mut writers = self.lock();
+        if writers.get(&peer).is_some_and(|t| t.same_channel(tx)) {
+            writers.remove(&peer);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>> {
+        self.writers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 static NEXT_CONNECTION: AtomicI32 = AtomicI32::new(1);
+
+/// Serves `stream` in a task of its own; returns the writer that sends on it and the task, which
+/// ends when the connection is closed.
+pub fn start_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    handler: Arc<H>,
+    settings: &ConnectionSettings,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
+    settings.connections.insert(peer, tx.clone());
+    let connection = Connection {
+        handler,
+        settings: settings.clone(),
+        origin: Origin {
+            transport: Transport::Tcp,
+            peer,
+            local,
+            connection_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        },
+    };
+    let writer = tx.clone();
+    let inner_tasks = tasks.clone();
+    let serving = tasks.spawn(connection.serve(stream, writer, rx, shutdown, inner_tasks));
+    (tx, serving)
+}
 
 impl<H: Handler> TcpListener<H> {
     pub async fn run(self, shutdown: CancellationToken, tasks: TaskTracker) {
@@ -61,22 +129,18 @@ impl<H: Handler> TcpListener<H> {
                     continue;
                 }
             };
-            let connection = Connection {
-                handler: Arc::clone(&self.handler),
-                stats: Arc::clone(&self.stats),
-                origin: Origin {
-                    transport: Transport::Tcp,
-                    peer,
-                    local,
-                    connection_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
-                },
-                max_message_size: self.max_message_size,
-                idle_timeout: self.idle_timeout,
-            };
-            let shutdown = shutdown.clone();
-            let inner_tasks = tasks.clone();
+            let (_, serving) = start_connection(
+                stream,
+                peer,
+                local,
+                Arc::clone(&self.handler),
+                &self.settings,
+                shutdown.clone(),
+                &tasks,
+            );
+            // The permit is held for as long as the connection is open.
             tasks.spawn(async move {
-                connection.serve(stream, shutdown, inner_tasks).await;
+                let _ = serving.await;
                 drop(permit);
             });
         }
@@ -85,10 +149,8 @@ impl<H: Handler> TcpListener<H> {
 
 struct Connection<H> {
     handler: Arc<H>,
-    stats: Arc<Stats>,
+    settings: ConnectionSettings,
     origin: Origin,
-    max_message_size: usize,
-    idle_timeout: Duration,
 }
 
 /// What the start of the read buffer holds.
@@ -106,10 +168,16 @@ enum Frame {
 }
 
 impl<H: Handler> Connection<H> {
-    async fn serve(self, stream: TcpStream, shutdown: CancellationToken, tasks: TaskTracker) {
+    async fn serve(
+        self,
+        stream: TcpStream,
+        tx: mpsc::Sender<Vec<u8>>,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) {
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
         let peer = self.origin.peer;
         let writing = tasks.spawn(async move {
             while let Some(bytes) = rx.recv().await {
@@ -124,7 +192,7 @@ impl<H: Handler> Connection<H> {
         let mut chunk = vec![0u8; 16 * 1024];
         'connection: loop {
             loop {
-                match frame(&buf, this.max_message_size) {
+                match frame(&buf, this.settings.max_message_size) {
                     Frame::Incomplete => break,
                     Frame::Ping(n) => {
                         buf.drain(..n);
@@ -144,7 +212,7 @@ impl<H: Handler> Connection<H> {
                         break 'connection;
                     }
                     Frame::TooLarge => {
-                        let head = buf.len().min(this.max_message_size);
+                        let head = buf.len().min(this.settings.max_message_size);
                         this.refuse(&buf[..head], 413, "Request Entity Too Large", &tx)
                             .await;
                         break 'connection;
@@ -153,7 +221,7 @@ impl<H: Handler> Connection<H> {
             }
             let read = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = tokio::time::timeout(this.idle_timeout, reader.read(&mut chunk)) => r,
+                r = tokio::time::timeout(this.settings.idle_timeout, reader.read(&mut chunk)) => r,
             };
             match read {
                 Ok(Ok(0)) => break,
@@ -168,6 +236,7 @@ impl<H: Handler> Connection<H> {
                 }
             }
         }
+        this.settings.connections.remove(peer, &tx);
         drop(tx);
         let _ = writing.await;
     }
@@ -176,7 +245,7 @@ impl<H: Handler> Connection<H> {
         let message = match wire::parse(&data) {
             Ok(m) => m,
             Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.settings.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -193,7 +262,7 @@ impl<H: Handler> Connection<H> {
         reason: &'static str,
         tx: &mpsc::Sender<Vec<u8>>,
     ) {
-        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.settings.stats.dropped.fetch_add(1, Ordering::Relaxed);
         if let Ok(message) = wire::parse(head)
             && message.is_request()
             && message.header("Via").is_some()

@@ -4,6 +4,7 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod scscf;
 pub mod sip;
 
 use registrar::store::{Backend, ConnectOptions, Store};

@@ -1,0 +1,70 @@
+//! SPEC P6: the S-CSCF's NOTIFY for the reg event. Every contact of the reginfo body names a
+//! pcontact: `terminated` deletes it, `active` renews it as `REGISTERED`. The body is read
+//! whole before anything changes, so a malformed one changes nothing.
+
+use super::decide::address_of;
+use super::reginfo::{self, ContactState};
+use super::role::Pcscf;
+use crate::sip::request::Request;
+use crate::sip::response::Response;
+use crate::sip::uri::Uri;
+use crate::store::{Pcontact, PcontactChange, PcontactPlan, RegState};
+use chrono::TimeDelta;
+
+pub async fn handle(pcscf: &Pcscf, request: &Request) -> Response {
+    let msg = &request.message;
+    let event = msg.header("Event").unwrap_or("");
+    let package = event.split(';').next().unwrap_or("").trim();
+    if !package.eq_ignore_ascii_case("reg") {
+        return Response::to(msg, 489, "Bad Event").header("Allow-Events", "reg");
+    }
+    let Ok(body) = std::str::from_utf8(&msg.body) else {
+        return Response::to(msg, 400, "Malformed reginfo body");
+    };
+    let registrations = match reginfo::parse(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(error = %e, "malformed reginfo NOTIFY");
+            return Response::to(msg, 400, "Malformed reginfo body");
+        }
+    };
+    let mut changes = Vec::new();
+    for registration in &registrations {
+        for contact in &registration.contacts {
+            let Some(uri) = Uri::parse(&contact.uri).ok().filter(|u| u.scheme.is_sip()) else {
+                return Response::to(msg, 400, "Malformed reginfo body");
+            };
+            changes.push((address_of(&uri), contact.state.clone(), contact.expires));
+        }
+    }
+    for (address, state, expires) in changes {
+        let result = pcscf
+            .store
+            .update_pcontact(&address, |snap| {
+                let change = match (&snap.pcontact, state, expires) {
+                    (None, _, _) => PcontactChange::Keep,
+                    (Some(_), ContactState::Terminated, _) => PcontactChange::Delete,
+                    (Some(p), ContactState::Active, Some(e)) => PcontactChange::Update(Pcontact {
+                        reg_state: RegState::Registered,
+                        expires: snap.now + TimeDelta::seconds(i64::from(e)),
+                        claimed_by: None,
+                        claimed_until: None,
+                        ..p.clone()
+                    }),
+                    (Some(_), ContactState::Active, None) => PcontactChange::Keep,
+                };
+                PcontactPlan {
+                    change,
+                    outcome: (),
+                }
+            })
+            .await;
+        match result {
+            Ok(a) => {
+                tracing::info!(contact = %address, present = a.pcontact.is_some(), "NOTIFY applied")
+            }
+            Err(e) => return pcscf.store_failure(msg, e),
+        }
+    }
+    Response::to(msg, 200, "OK")
+}

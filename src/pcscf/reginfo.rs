@@ -1,0 +1,266 @@
+//! RFC 3680 `application/reginfo+xml`: the partial document a P-CSCF PUBLISHes when a contact
+//! expired (SPEC P4), and the reading of the S-CSCF's NOTIFY bodies (SPEC P6).
+
+use quick_xml::Reader;
+use quick_xml::escape::escape;
+use quick_xml::events::{BytesStart, Event};
+use thiserror::Error;
+
+pub const CONTENT_TYPE: &str = "application/reginfo+xml";
+
+/// The PUBLISH body: `impu`'s registration with `contact` terminated, `expires="0"`.
+pub fn terminated_contact(impu: &str, contact: &str, id: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\"?>\n\
+         <reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" version=\"0\" state=\"partial\">\n\
+         \x20 <registration aor=\"{aor}\" id=\"{id}\">\n\
+         \x20   <contact id=\"{id}-1\" state=\"terminated\" event=\"unregistered\" expires=\"0\">\n\
+         \x20     <uri>{uri}</uri>\n\
+         \x20   </contact>\n\
+         \x20 </registration>\n\
+         </reginfo>\n",
+        aor = escape(impu),
+        id = escape(id),
+        uri = escape(contact),
+    )
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContactState {
+    Active,
+    Terminated,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactInfo {
+    pub state: ContactState,
+    pub event: Option<String>,
+    pub expires: Option<u32>,
+    pub uri: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub aor: String,
+    pub state: Option<String>,
+    pub contacts: Vec<ContactInfo>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ReginfoError {
+    #[error("not XML: {0}")]
+    Xml(String),
+    #[error("not a reginfo document")]
+    NotReginfo,
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// Reads a reginfo document; any syntax or structure error fails the whole document, so that
+/// a malformed NOTIFY changes nothing.
+pub fn parse(body: &str) -> Result<Vec<Registration>, ReginfoError> {
+    let mut reader = Reader::from_str(body);
+    let mut registrations: Vec<Registration> = Vec::new();
+    let mut stack: Vec<String> = Vec::new();
+    let mut seen_root = false;
+    let mut contact: Option<(ContactState, Option<String>, Option<u32>)> = None;
+    let mut uri: Option<String> = None;
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| ReginfoError::Xml(e.to_string()))?;
+        match event {
+            Event::Start(e) | Event::Empty(e) if stack.is_empty() && seen_root => {
+                let _ = e;
+                return Err(ReginfoError::Invalid("more than one root element"));
+            }
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let name = local_name(e);
+                let empty = matches!(event, Event::Empty(_));
+                match (stack.last().map(String::as_str), name.as_str()) {
+                    (None, "reginfo") => seen_root = true,
+                    (None, _) => return Err(ReginfoError::NotReginfo),
+                    (Some("reginfo"), "registration") => registrations.push(Registration {
+                        aor: attribute(e, "aor")?
+                            .ok_or(ReginfoError::Invalid("registration without aor"))?,
+                        state: attribute(e, "state")?,
+                        contacts: Vec::new(),
+                    }),
+                    (Some("registration"), "contact") => {
+                        let state = match attribute(e, "state")?.as_deref() {
+                            Some("active") => ContactState::Active,
+                            Some("terminated") => ContactState::Terminated,
+                            _ => {
+                                return Err(ReginfoError::Invalid(
+                                    "contact state must be active or terminated",
+                                ));
+                            }
+                        };
+                        let expires = match attribute(e, "expires")? {
+                            None => None,
+                            Some(v) => Some(
+                                v.trim()
+                                    .parse::<u32>()
+                                    .map_err(|_| ReginfoError::Invalid("bad contact expires"))?,
+                            ),
+                        };
+                        contact = Some((state, attribute(e, "event")?, expires));
+                        uri = None;
+                        if empty {
+                            return Err(ReginfoError::Invalid("contact without uri"));
+                        }
+                    }
+                    (Some("contact"), "uri") => uri = Some(String::new()),
+                    _ => {}
+                }
+                if !empty {
+                    stack.push(name);
+                }
+            }
+            Event::Text(t) => {
+                if stack.last().map(String::as_str) == Some("uri")
+                    && let Some(u) = uri.as_mut()
+                {
+                    u.push_str(&t.xml10_content());
+                }
+            }
+            Event::GeneralRef(r) => {
+                if stack.last().map(String::as_str) == Some("uri")
+                    && let Some(u) = uri.as_mut()
+                {
+                    u.push(resolve_reference(&r)?);
+                }
+            }
+            Event::CData(c) => {
+                if stack.last().map(String::as_str) == Some("uri")
+                    && let Some(u) = uri.as_mut()
+                {
+                    u.push_str(&c.xml10_content());
+                }
+            }
+            Event::End(_) => {
+                let closed = stack
+                    .pop()
+                    .ok_or(ReginfoError::Invalid("unbalanced end tag"))?;
+                if closed == "contact" {
+                    let (state, event, expires) =
+                        contact.take().ok_or(ReginfoError::Invalid("contact"))?;
+                    let uri = uri
+                        .take()
+                        .map(|u| u.trim().to_string())
+                        .filter(|u| !u.is_empty());
+                    let uri = uri.ok_or(ReginfoError::Invalid("contact without uri"))?;
+                    let registration = registrations
+                        .last_mut()
+                        .ok_or(ReginfoError::Invalid("contact outside registration"))?;
+                    registration.contacts.push(ContactInfo {
+                        state,
+                        event,
+                        expires,
+                        uri,
+                    });
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !seen_root {
+        return Err(ReginfoError::NotReginfo);
+    }
+    if !stack.is_empty() {
+        return Err(ReginfoError::Invalid("document ends inside an element"));
+    }
+    Ok(registrations)
+}
+
+fn local_name(e: &BytesStart<'_>) -> String {
+    e.local_name().as_ref().to_string()
+}
+
+fn attribute(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, ReginfoError> {
+    for attr in e.attributes() {
+        let attr = attr.map_err(|err| ReginfoError::Xml(err.to_string()))?;
+        if attr.key.local_name().as_ref() == name {
+            let value = attr
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|err| ReginfoError::Xml(err.to_string()))?;
+            return Ok(Some(value.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, ReginfoError> {
+    if r.is_char_ref() {
+        return r
+            .resolve_char_ref()
+            .ok()
+            .flatten()
+            .ok_or(ReginfoError::Invalid("bad character reference"));
+    }
+    match &**r {
+        "lt" => Ok('<'),
+        "gt" => Ok('>'),
+        "amp" => Ok('&'),
+        "quot" => Ok('"'),
+        "apos" => Ok('\''),
+        _ => Err(ReginfoError::Invalid("unknown entity")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p4_publish_body_parses_back() {
+        let body = terminated_contact(
+            "sip:u@ims.example.com",
+            "sip:u@198.51.100.7:5060;a=<b>&c",
+            "r1",
+        );
+        let regs = parse(&body).unwrap();
+        assert_eq!(regs.len(), 1);
+        assert_eq!(regs[0].aor, "sip:u@ims.example.com");
+        assert_eq!(
+            regs[0].contacts,
+            vec![ContactInfo {
+                state: ContactState::Terminated,
+                event: Some("unregistered".into()),
+                expires: Some(0),
+                uri: "sip:u@198.51.100.7:5060;a=<b>&c".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn p6_notify_bodies() {
+        let body = r#"<?xml version="1.0"?>
+            <reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="1" state="full">
+              <registration aor="sip:u@ims" id="a" state="active">
+                <contact id="c1" state="active" event="registered" expires="600"><uri>sip:u@10.0.0.1:5060</uri></contact>
+                <contact id="c2" state="terminated" event="expired"><uri>sip:u@10.0.0.2</uri></contact>
+              </registration>
+            </reginfo>"#;
+        let regs = parse(body).unwrap();
+        assert_eq!(regs[0].contacts.len(), 2);
+        assert_eq!(regs[0].contacts[0].expires, Some(600));
+        assert_eq!(regs[0].contacts[1].state, ContactState::Terminated);
+    }
+
+    #[test]
+    fn p6_malformed_bodies_are_errors() {
+        for bad in [
+            "",
+            "not xml at all",
+            "<reginfo><registration aor=\"x\"><contact state=\"active\"><uri>u</uri></registration></reginfo>",
+            "<other/>",
+            "<reginfo><registration aor=\"x\"><contact state=\"weird\"><uri>u</uri></contact></registration></reginfo>",
+            "<reginfo><registration aor=\"x\"><contact state=\"active\"></contact></registration></reginfo>",
+            "<reginfo><registration aor=\"x\">",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
