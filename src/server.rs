@@ -27,8 +27,9 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// REGISTERs processed at once per instance; more are answered 503 at once (SPEC R13).
-const MAX_IN_FLIGHT: usize = 2048;
+/// REGISTERs processed at once per instance; more are answered 503 at once (SPEC R13). At the
+/// peak rates measured (BENCHMARKS.md) fewer than 400 are in flight.
+const MAX_IN_FLIGHT: usize = 1024;
 /// Rows deleted per cleanup statement (SPEC S4).
 const CLEANUP_BATCH: u32 = 1000;
 /// How long shutdown waits for requests in flight.

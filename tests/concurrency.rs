@@ -99,3 +99,51 @@ both_backends!(s2_no_binding_is_lost, |db| {
         .unwrap();
     assert_eq!(live.bindings.len(), REGISTERS);
 });
+
+// S2/R13 with coalescing: REGISTERs for many AoRs at once share transactions; one the
+// database refuses fails alone, every other one is stored.
+both_backends!(s2_a_refused_register_does_not_fail_its_batch, |db| {
+    match db.backend() {
+        registrar::store::Backend::Postgres => {
+            db.exec(
+                "ALTER TABLE location ADD CONSTRAINT no_evil CHECK (contact NOT LIKE '%evil%')",
+            )
+            .await;
+        }
+        registrar::store::Backend::Sqlite => {
+            db.exec(
+                "CREATE TRIGGER no_evil BEFORE INSERT ON location WHEN NEW.contact LIKE '%evil%' \
+                 BEGIN SELECT RAISE(ABORT, 'no evil'); END",
+            )
+            .await;
+        }
+    }
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = db.store.clone();
+        let mut wanted = request(i);
+        wanted.aor = Aor::new(format!("user{i}"), "example.com");
+        if i == 13
+            && let Contacts::List(list) = &mut wanted.contacts
+        {
+            list[0].uri = "sip:evil@10.6.6.6".into();
+        }
+        tasks.push(tokio::spawn(async move {
+            register(&store, &Policy::default(), &wanted)
+                .await
+                .map(|r| r.outcome)
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let result = t.await.unwrap();
+        if i == 13 {
+            assert!(
+                matches!(result, Err(registrar::store::StoreError::Rejected(_))),
+                "{result:?}"
+            );
+        } else {
+            assert_eq!(result.unwrap(), Outcome::Registered, "REGISTER {i}");
+        }
+    }
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 39);
+});

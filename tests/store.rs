@@ -241,7 +241,7 @@ both_backends!(s4_cleanup_respects_grace_and_batches, |db| {
     for i in 0..7 {
         let contact = format!("sip:u@10.0.0.{i}");
         db.store
-            .update_aor(&aor(), |snap| {
+            .update_aor(&aor(), move |snap| {
                 insert(Binding {
                     instance: None,
                     ..full_binding(&contact, snap.now)

@@ -39,6 +39,27 @@ pub struct Registrar {
     store: Store,
     config: RegistrarConfig,
     in_flight: Arc<Semaphore>,
+    overload: Overload,
+}
+
+/// Overload refusals, logged once per second with their count instead of one line each.
+#[derive(Default)]
+struct Overload {
+    refused: std::sync::atomic::AtomicU64,
+    last_log: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Overload {
+    fn note(&self) {
+        use std::sync::atomic::Ordering;
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            *last = Some(std::time::Instant::now());
+            let refused = self.refused.swap(0, Ordering::Relaxed);
+            tracing::warn!(refused, "too many REGISTERs in flight; answering 503");
+        }
+    }
 }
 
 impl Registrar {
@@ -48,6 +69,7 @@ impl Registrar {
             store,
             config,
             in_flight,
+            overload: Overload::default(),
         }
     }
 
@@ -77,7 +99,7 @@ impl Registrar {
                 .header("P-Registrar-Error", "No support for found Path indicated");
         }
         let Ok(_permit) = self.in_flight.try_acquire() else {
-            tracing::warn!("too many REGISTERs in flight; answering 503");
+            self.overload.note();
             return self.unavailable(request, 503, "Service Unavailable");
         };
         let policy = self.config.policies.for_domain(&wanted.aor.domain);

@@ -40,8 +40,11 @@ pub async fn register(
             snapshot.bindings,
         )
     } else {
+        let (owned, policy) = (request.clone(), policy.clone());
         let applied = store
-            .update_aor(&request.aor, |snapshot| decide(request, policy, snapshot))
+            .update_aor(&request.aor, move |snapshot| {
+                decide(&owned, &policy, snapshot)
+            })
             .await?;
         (
             applied.outcome,

@@ -6,6 +6,7 @@
 //! would not be object-safe anyway. Storage never imports SIP types: roles hand it plain data.
 
 mod binding;
+mod coalesce;
 mod error;
 mod migrate;
 mod pcontact;
@@ -94,10 +95,13 @@ impl Store {
     /// Lets `decide` change one AoR's bindings atomically, serialized with every other change
     /// of that AoR in any process (SPEC S2): lock, read the live bindings and `now`, decide,
     /// write, commit. Returns the decision's outcome and the live bindings afterwards.
+    ///
+    /// `decide` may be called more than once (a REGISTER retried alone after its shared batch
+    /// failed); it must be a pure function of the snapshot.
     pub async fn update_aor<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
     where
-        F: FnOnce(&AorSnapshot) -> Plan<T> + Send,
-        T: Send,
+        F: Fn(&AorSnapshot) -> Plan<T> + Send + Sync + 'static,
+        T: Send + 'static,
     {
         dispatch!(self, s => s.update_aor(aor, decide).await)
     }

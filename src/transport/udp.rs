@@ -14,6 +14,9 @@ use tokio_util::task::TaskTracker;
 
 /// Largest datagram read; anything longer is truncated by the kernel and dropped here.
 const MAX_DATAGRAM: usize = 65_536;
+/// Datagrams being handled at once. Beyond, new ones are dropped as a full socket buffer would
+/// drop them: memory stays bounded under overload (the role answers 503 well before this).
+const MAX_TASKS: usize = 4096;
 
 pub struct UdpListener<H> {
     pub socket: Arc<UdpSocket>,
@@ -33,6 +36,7 @@ impl<H: Handler> UdpListener<H> {
             }
         };
         let this = Arc::new(self);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_TASKS));
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let received = tokio::select! {
@@ -52,9 +56,16 @@ impl<H: Handler> UdpListener<H> {
                 tracing::debug!(%peer, len, "datagram too large; dropped");
                 continue;
             }
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                this.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
             let data = buf[..len].to_vec();
             let this = Arc::clone(&this);
-            tasks.spawn(async move { this.datagram(data, peer, local).await });
+            tasks.spawn(async move {
+                this.datagram(data, peer, local).await;
+                drop(permit);
+            });
         }
     }
 

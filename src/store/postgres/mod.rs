@@ -2,10 +2,12 @@
 //! transaction-scoped advisory lock taken in its own statement before the read (SPEC S2); `now`
 //! is the database's clock, so every instance agrees on what has expired.
 
+mod batch;
 mod location;
 mod pcscf;
 mod rows;
 
+use super::coalesce::Coalescer;
 use super::error::acquire_error;
 use super::{ConnectOptions, StoreError, redact, with_retry};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -17,10 +19,16 @@ use std::str::FromStr;
 /// two can never collide.
 pub(crate) const AOR_LOCK_NAMESPACE: i32 = 0x5245_4731; // "REG1"
 
+/// REGISTERs per coalesced transaction at most (SPEC S2; research/hot-path-sql.md: 50 already
+/// reaches 33–48k REGISTER/s at the database, more only lengthens each batch's lock hold).
+const MAX_BATCH: usize = 64;
+
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
     pub(crate) options: PgConnectOptions,
+    /// `None` in the workers' own copies, so that the queue closes with the last store.
+    coalescer: Option<Coalescer>,
 }
 
 impl PgStore {
@@ -30,7 +38,12 @@ impl PgStore {
             .application_name("registrar")
             // Our own values are instants (TIMESTAMPTZ), right in any zone; UTC makes what
             // operators see in this session's logs match what psql shows with PGTZ=UTC.
-            .options([("timezone", "UTC")]);
+            // Every query of ours is an index lookup by design. Prepared statements get a
+            // generic plan after five runs, and one made while `location` was empty (just
+            // created or truncated) is a sequential scan that stays cached as the table grows
+            // until autovacuum's next ANALYZE: measured at 4–6 ms per REGISTER instead of
+            // 0.1 ms. Keep the planner on the indexes whatever its statistics say.
+            .options([("timezone", "UTC"), ("enable_seqscan", "off")]);
         // One direct connection first: a pool would retry until its acquire timeout and then
         // report only "timed out", hiding "connection refused" or a bad password.
         with_retry(options.connect_timeout, || async {
@@ -44,10 +57,21 @@ impl PgStore {
             .min_connections(0)
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(connect_options.clone());
-        Ok(PgStore {
+        let mut store = PgStore {
             pool,
             options: connect_options,
-        })
+            coalescer: None,
+        };
+        // Leave a quarter of the pool to reads, cleanup and the P-CSCF.
+        let workers = (options.pool_size as usize * 3 / 4).max(1);
+        store.coalescer = Some(Coalescer::start(store.clone(), workers, MAX_BATCH));
+        Ok(store)
+    }
+
+    fn coalescer(&self) -> Result<&Coalescer, StoreError> {
+        self.coalescer
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("REGISTER changes need the store handle".into()))
     }
 
     /// A transaction on a pooled connection; a pool exhausted for the whole acquire timeout is

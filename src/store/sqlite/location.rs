@@ -1,9 +1,11 @@
-//! `location` on SQLite. The database is in-process, so statements cost no round trip and each
-//! row is written by its own statement inside the one `BEGIN IMMEDIATE` transaction.
+//! `location` on SQLite. REGISTER changes go through the coalescer: one `BEGIN IMMEDIATE`
+//! transaction for every REGISTER waiting (distinct AoRs), each row read and written by its
+//! own statement — in-process, a statement costs no round trip; the commit is what is shared.
 
 use super::rows::{BINDING_COLUMNS, binding};
 use super::{SqliteStore, now, to_secs};
 use crate::store::binding::{expired_conflicts, live_after, q_to_column};
+use crate::store::coalesce::{Batch, Job, Outcome};
 use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError, Written};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::sync::LazyLock;
@@ -27,59 +29,10 @@ const INSERT_BINDING: &str = "INSERT INTO location (username, domain, ruid, cont
 impl SqliteStore {
     pub async fn update_aor<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
     where
-        F: FnOnce(&AorSnapshot) -> Plan<T> + Send,
-        T: Send,
+        F: Fn(&AorSnapshot) -> Plan<T> + Send + Sync + 'static,
+        T: Send + 'static,
     {
-        let mut tx = self.begin_write().await?;
-        let now = now();
-        let rows = read_aor(&mut tx, aor).await?;
-        let snapshot = AorSnapshot {
-            now,
-            bindings: rows.iter().filter(|b| b.is_live(now)).cloned().collect(),
-        };
-        let plan = decide(&snapshot);
-        if plan.is_unchanged() {
-            tx.commit().await?;
-            return Ok(Applied {
-                outcome: plan.outcome,
-                now,
-                written: Written::default(),
-                bindings: snapshot.bindings,
-            });
-        }
-        let mut delete = plan.delete.clone();
-        delete.extend(expired_conflicts(&plan, &rows, now));
-        for id in &delete {
-            sqlx::query("DELETE FROM location WHERE id = ?1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for b in &plan.update {
-            bind_fields(sqlx::query(UPDATE_BINDING).bind(b.id), b)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let mut inserted = Vec::with_capacity(plan.insert.len());
-        for b in &plan.insert {
-            let query = sqlx::query(INSERT_BINDING)
-                .bind(&b.aor.username)
-                .bind(&b.aor.domain);
-            let id: i64 = bind_fields(query, b)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("id")?;
-            inserted.push(Binding { id, ..b.clone() });
-        }
-        tx.commit().await?;
-        let written = Written::of(&plan);
-        let bindings = live_after(rows, &plan, inserted, now);
-        Ok(Applied {
-            outcome: plan.outcome,
-            now,
-            written,
-            bindings,
-        })
+        self.coalescer()?.submit(aor, decide).await
     }
 
     pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
@@ -156,6 +109,61 @@ impl SqliteStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+impl Batch for SqliteStore {
+    async fn run(&self, jobs: &[Job]) -> Result<Vec<Applied<Outcome>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let now = now();
+        let mut done = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let rows = read_aor(&mut tx, &job.aor).await?;
+            let snapshot = AorSnapshot {
+                now,
+                bindings: rows.iter().filter(|b| b.is_live(now)).cloned().collect(),
+            };
+            let plan = (job.decide)(&snapshot);
+            let mut delete = plan.delete.clone();
+            delete.extend(expired_conflicts(&plan, &rows, now));
+            for id in &delete {
+                sqlx::query("DELETE FROM location WHERE id = ?1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for b in &plan.update {
+                bind_fields(sqlx::query(UPDATE_BINDING).bind(b.id), b)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut inserted = Vec::with_capacity(plan.insert.len());
+            for b in &plan.insert {
+                let query = sqlx::query(INSERT_BINDING)
+                    .bind(&b.aor.username)
+                    .bind(&b.aor.domain);
+                let id: i64 = bind_fields(query, b)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("id")?;
+                inserted.push(Binding { id, ..b.clone() });
+            }
+            done.push((plan, rows, inserted));
+        }
+        tx.commit().await?;
+        Ok(done
+            .into_iter()
+            .map(|(plan, rows, inserted)| {
+                let written = Written::of(&plan);
+                let bindings = live_after(rows, &plan, inserted, now);
+                Applied {
+                    outcome: plan.outcome,
+                    now,
+                    written,
+                    bindings,
+                }
+            })
+            .collect())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The SQLite backend: the embedded default for one process. SQLite has a single writer, so
 //! `BEGIN IMMEDIATE` (taken before the read) serializes every change, per AoR included (SPEC S2);
+//! REGISTERs waiting together share one such transaction (the coalescer, one worker);
 //! sqlx's deferred BEGIN would fail read-then-write transactions under concurrency instead of
 //! waiting. WAL lets readers proceed beside the writer. `now` is the process clock, in whole
 //! seconds because the columns are INTEGER Unix seconds.
@@ -8,6 +9,7 @@ mod location;
 mod pcscf;
 mod rows;
 
+use super::coalesce::Coalescer;
 use super::error::acquire_error;
 use super::{ConnectOptions, StoreError, redact};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -20,10 +22,15 @@ use std::time::Duration;
 /// How long a writer waits for the write lock before the request fails as unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// REGISTERs per coalesced transaction at most.
+const MAX_BATCH: usize = 64;
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     pub(crate) options: SqliteConnectOptions,
+    /// `None` in the worker's own copy, so that the queue closes with the last store.
+    coalescer: Option<Coalescer>,
 }
 
 impl SqliteStore {
@@ -44,10 +51,20 @@ impl SqliteStore {
                 StoreError::Unavailable(e) => StoreError::Refused(e),
                 other => other,
             })?;
-        Ok(SqliteStore {
+        let mut store = SqliteStore {
             pool,
             options: connect_options,
-        })
+            coalescer: None,
+        };
+        // One worker: SQLite has one writer, and a second would only wait in the busy handler.
+        store.coalescer = Some(Coalescer::start(store.clone(), 1, MAX_BATCH));
+        Ok(store)
+    }
+
+    fn coalescer(&self) -> Result<&Coalescer, StoreError> {
+        self.coalescer
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("REGISTER changes need the store handle".into()))
     }
 
     /// A write transaction (`BEGIN IMMEDIATE`); a pool exhausted for the whole acquire timeout

@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""REGISTER benchmark: this registrar against Kamailio (registrar + usrloc db_mode=3), driven by
+the same SIPp scenarios on the same PostgreSQL, plus pgbench's one-row upsert as the database's
+own ceiling. Called by bench/run, which prepares PostgreSQL, the binaries and SIPp; see
+BENCHMARKS.md for how to read the table it prints.
+
+For each registrar and scenario the rate steps up until a step fails: a step is sustained when
+fewer than 0.1 % of its REGISTERs fail (timeouts, non-200) and SIPp achieved at least 97 % of
+the target rate. The latency columns come from a second run at half the highest sustained rate,
+with SIPp's clock made precise by the fine-clock shim.
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+REGISTER_XML = HERE / "scenarios" / "register.xml"
+UNREGISTER_XML = HERE / "scenarios" / "unregister.xml"
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def psql(url, *sql):
+    cmd = ["psql", "-XAtq", url]
+    for s in sql:
+        cmd += ["-c", s]
+    return sh(*cmd)
+
+
+def db_url(admin, name):
+    return admin.rsplit("/", 1)[0] + "/" + name
+
+
+def free_port():
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """A registrar under test: ours or Kamailio, on its own database."""
+
+    def __init__(self, kind, admin_url, work, args):
+        self.kind = kind
+        self.work = work
+        self.args = args
+        self.db = f"bench_{kind}"
+        self.url = db_url(admin_url, self.db)
+        self.port = free_port()
+        self.proc = None
+        psql(admin_url, f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", f"CREATE DATABASE {self.db}")
+        sh(str(args.binary), "--database-url", self.url, "migrate")
+
+    def start(self):
+        log = open(self.work / f"{self.kind}.log", "w")
+        env = dict(os.environ, TZ="UTC", PGTZ="UTC", RUST_LOG="warn")
+        if self.kind == "registrar":
+            cmd = [str(self.args.binary), "--database-url", self.url, "serve",
+                   "--listen", f"udp:127.0.0.1:{self.port}", "--db-pool-size", str(self.args.concurrency),
+                   "--no-migrate", "--cleanup-interval", "3600"]
+        else:
+            cfg = self.work / "kamailio.cfg"
+            text = (HERE / "kamailio.cfg").read_text()
+            text = text.replace("!LISTEN!udp:127.0.0.1:5060!", f"!LISTEN!udp:127.0.0.1:{self.port}!")
+            text = text.replace("!DBURL!postgres://postgres@127.0.0.1/kamailio!", f"!DBURL!{self.url}!")
+            text = text.replace("!CHILDREN!8!", f"!CHILDREN!{self.args.concurrency}!")
+            cfg.write_text(text)
+            cmd = ["kamailio", "-f", str(cfg), "-DD", "-E", "-m", "256", "-M", "16", "-P", str(self.work / "kamailio.pid")]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # Ready when it answers OPTIONS.
+        import socket
+
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.2)
+        probe = (f"OPTIONS sip:127.0.0.1:{self.port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-probe;rport\r\n"
+                 "Max-Forwards: 70\r\nTo: <sip:p@127.0.0.1>\r\nFrom: <sip:p@127.0.0.1>;tag=1\r\nCall-ID: probe\r\n"
+                 "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+        for _ in range(100):
+            s.sendto(probe, ("127.0.0.1", self.port))
+            try:
+                s.recvfrom(4096)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+        tail = (self.work / f"{self.kind}.log").read_text().splitlines()[-15:]
+        raise SystemExit(f"{self.kind} did not start:\n" + "\n".join(tail))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+
+    def memory_kib(self):
+        """Proportional set size of the server's processes (Kamailio forks children that share
+        memory; PSS counts each shared page once)."""
+        total = 0
+        pids = [self.proc.pid] + [int(p) for p in sh("pgrep", "-g", str(self.proc.pid)).split() if int(p) != self.proc.pid] \
+            if self.proc else []
+        for pid in set(pids):
+            try:
+                for line in open(f"/proc/{pid}/smaps_rollup"):
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def reset(self, live_users=0, prefix="u"):
+        """Empties `location`, then optionally fills it with live bindings for the scenario's
+        users (as the register scenario writes them)."""
+        psql(self.url, "TRUNCATE location")
+        if live_users:
+            psql(self.url,
+                 "INSERT INTO location (ruid, username, domain, contact, expires, q, callid, cseq, last_modified, user_agent, socket) "
+                 f"SELECT gen_random_uuid()::varchar, '{prefix}' || n, 'example.com', 'sip:{prefix}' || n || '@192.0.2.10:5060', "
+                 "now() + interval '1 day', -1, 'pre-' || n, 1, now(), 'bench', 'udp:127.0.0.1:5060' "
+                 f"FROM generate_series(0, {live_users - 1}) n",
+                 "VACUUM ANALYZE location", "CHECKPOINT")
+
+
+def users_file(work, prefix, first, count):
+    path = work / f"users-{prefix}-{first}-{count}.csv"
+    if not path.exists():
+        with open(path, "w") as f:
+            f.write("SEQUENTIAL\n")
+            for n in range(first, first + count):
+                f.write(f"{prefix}{n};example.com\n")
+    return path
+
+
+def sipp(args, work, server, scenario, users, rate, calls, rtt=False):
+    """Runs SIPp; returns (successful, failed, seconds, response times in ms)."""
+    tag = f"{server.kind}-{int(time.time() * 1000)}"
+    stat = work / f"{tag}.stat.csv"
+    cmd = ["sipp", "-sf", str(scenario), "-inf", str(users), f"127.0.0.1:{server.port}", "-i", "127.0.0.1",
+           "-r", str(rate), "-m", str(calls), "-l", str(max(1000, rate * 4)), "-nostdin",
+           "-trace_stat", "-stf", str(stat), "-fd", "3600", "-recv_timeout", "8000",
+           "-timeout", f"{calls // max(rate, 1) + 60}s", "-max_recv_loops", "10000", "-max_sched_loops", "10000"]
+    env = dict(os.environ)
+    if rtt:
+        cmd += ["-trace_rtt", "-rtt_freq", "1"]
+        if args.fineclock:
+            env["LD_PRELOAD"] = str(args.fineclock)
+    started = time.monotonic()
+    subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.monotonic() - started
+    rows = list(csv.reader(open(stat), delimiter=";"))
+    header, last = rows[0], rows[-1]
+    col = {name: i for i, name in enumerate(header)}
+    ok = int(last[col["SuccessfulCall(C)"]])
+    failed = int(last[col["FailedCall(C)"]])
+    elapsed = last[col["ElapsedTime(C)"]]
+    h, m, s = elapsed.split(":")[:3]
+    seconds = int(h) * 3600 + int(m) * 60 + float(s) if h.isdigit() else seconds
+    times = []
+    if rtt:
+        for f in work.glob("*_rtt.csv"):
+            for row in list(csv.reader(open(f), delimiter=";"))[1:]:
+                if len(row) >= 2 and row[1]:
+                    times.append(float(row[1]))
+            f.unlink()
+    return ok, failed, max(seconds, 0.001), times
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+def scenario_run(args, work, server, scenario):
+    """Steps the rate up; returns the result row for this registrar and scenario."""
+    xml = UNREGISTER_XML if scenario == "unregister" else REGISTER_XML
+    best = 0
+    next_user = 0
+    peak_memory = 0
+    for rate in args.rates:
+        calls = int(rate * args.seconds)
+        if scenario == "new":
+            server.reset(prefix="u")
+            users = users_file(work, "u", next_user, calls)
+            next_user += calls
+        elif scenario == "refresh":
+            server.reset(live_users=args.users, prefix="r")
+            users = users_file(work, "r", 0, min(calls, args.users))
+        else:
+            server.reset(live_users=calls, prefix="d")
+            users = users_file(work, "d", 0, calls)
+        sampler = MemorySampler(server)
+        ok, failed, seconds, _ = sipp(args, work, server, xml, users, rate, calls)
+        peak = sampler.stop()
+        achieved = ok / seconds
+        fail_share = failed / max(ok + failed, 1)
+        sustained = fail_share < 0.001 and ok + failed == calls and achieved >= 0.97 * rate
+        print(f"  {server.kind:9} {scenario:10} {rate:6}/s: {ok} ok, {failed} failed, {achieved:8.0f}/s achieved"
+              f"{'' if sustained else '  <- not sustained'}", flush=True)
+        if not sustained:
+            break
+        best = rate
+        peak_memory = max(peak_memory, peak)
+    p50 = p99 = float("nan")
+    if best:
+        half = max(1, best // 2)
+        calls = int(half * args.seconds)
+        if scenario == "new":
+            server.reset(prefix="h")
+            users = users_file(work, "h", 0, calls)
+        elif scenario == "refresh":
+            server.reset(live_users=args.users, prefix="r")
+            users = users_file(work, "r", 0, min(calls, args.users))
+        else:
+            server.reset(live_users=calls, prefix="d")
+            users = users_file(work, "d", 0, calls)
+        ok, failed, seconds, times = sipp(args, work, server, xml, users, half, calls, rtt=True)
+        p50, p99 = percentile(times, 50), percentile(times, 99)
+        print(f"  {server.kind:9} {scenario:10} at {half}/s: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(times)} samples)", flush=True)
+    return {"registrar": server.kind, "scenario": scenario, "max_rate": best, "p50_ms": p50, "p99_ms": p99,
+            "memory_mib": peak_memory / 1024}
+
+
+class MemorySampler:
+    def __init__(self, server):
+        self.server = server
+        self.peak = 0
+        self.running = True
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while self.running:
+            self.peak = max(self.peak, self.server.memory_kib())
+            time.sleep(0.5)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
+def pgbench(args, admin, work):
+    """The database's own ceiling: a one-row upsert into `location` per transaction, at the
+    registrars' concurrency."""
+    db = "bench_pgbench"
+    url = db_url(admin, db)
+    psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", f"CREATE DATABASE {db}")
+    sh(str(args.binary), "--database-url", url, "migrate")
+    script = work / "upsert.sql"
+    script.write_text(
+        "\\set u random(1, 1000000)\n"
+        "INSERT INTO location (ruid, username, domain, contact, expires, q, callid, cseq, last_modified, user_agent, socket) "
+        "VALUES (gen_random_uuid()::varchar, 'p' || (:u)::text, 'example.com', 'sip:' || 'p' || (:u)::text || '@192.0.2.10:5060', "
+        "now() + interval '3600 s', -1, 'c' || (:u)::text, 1, now(), 'bench', 'udp:127.0.0.1:5060') "
+        "ON CONFLICT (username, domain, contact) DO UPDATE SET expires = EXCLUDED.expires, "
+        "callid = EXCLUDED.callid, cseq = EXCLUDED.cseq, last_modified = EXCLUDED.last_modified;\n")
+    out = sh(args.pgbench, "-n", "-M", "prepared", "-c", str(args.concurrency), "-j", "2",
+             "-T", str(max(2, int(args.seconds))), "-f", str(script), url)
+    tps = next(float(line.split("=")[1].split()[0]) for line in out.splitlines() if line.startswith("tps"))
+    print(f"  pgbench one-row upsert, {args.concurrency} clients: {tps:.0f} TPS", flush=True)
+    return tps
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--admin-url", required=True, help="PostgreSQL URL with rights to create databases")
+    p.add_argument("--binary", required=True, type=Path, help="release registrar binary")
+    p.add_argument("--fineclock", type=Path, help="sipp-fineclock.so for precise response times")
+    p.add_argument("--pgbench", default="pgbench")
+    p.add_argument("--registrars", default="registrar,kamailio")
+    p.add_argument("--scenarios", default="new,refresh,unregister")
+    p.add_argument("--rates", default="1000,2000,3000,4000,6000,8000,10000,12000,14000,16000")
+    p.add_argument("--seconds", type=float, default=10, help="length of each rate step")
+    p.add_argument("--users", type=int, default=10000, help="live bindings for the refresh scenario")
+    p.add_argument("--concurrency", type=int, default=8, help="Kamailio children, our pool, pgbench clients")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    args.rates = [int(r) for r in args.rates.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
+    results = []
+    try:
+        pg_tps = pgbench(args, args.admin_url, work)
+        for kind in args.registrars.split(","):
+            server = Server(kind, args.admin_url, work, args)
+            server.start()
+            try:
+                for scenario in args.scenarios.split(","):
+                    results.append(scenario_run(args, work, server, scenario))
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(table(results, pg_tps, args))
+    if args.json:
+        args.json.write_text(json.dumps({"pgbench_tps": pg_tps, "results": results}, indent=2))
+
+
+def table(results, pg_tps, args):
+    lines = [f"| scenario | registrar | max REGISTER/s (<0.1 % failed) | p50 ms at half | p99 ms at half | memory MiB (PSS) | ours / Kamailio |",
+             "|---|---|---|---|---|---|---|"]
+    by = {(r["scenario"], r["registrar"]): r for r in results}
+    for r in results:
+        other = by.get((r["scenario"], "kamailio"))
+        ratio = ""
+        if r["registrar"] == "registrar" and other and other["max_rate"]:
+            ratio = f"{r['max_rate'] / other['max_rate']:.2f}× rate, p99 {other['p99_ms'] / r['p99_ms']:.1f}× lower" \
+                if r["p99_ms"] == r["p99_ms"] and r["p99_ms"] > 0 else f"{r['max_rate'] / other['max_rate']:.2f}× rate"
+        lines.append(f"| {r['scenario']} | {r['registrar']} | {r['max_rate']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['memory_mib']:.1f} | {ratio} |")
+    lines.append("")
+    lines.append(f"pgbench one-row upsert at {args.concurrency} clients: {pg_tps:.0f} TPS "
+                 f"(ours new/refresh over it: " + ", ".join(
+                     f"{r['scenario']} {r['max_rate'] / pg_tps:.2f}" for r in results
+                     if r["registrar"] == "registrar" and r["scenario"] in ("new", "refresh")) + ")")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
