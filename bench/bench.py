@@ -69,13 +69,13 @@ class Server:
         psql(admin_url, f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", f"CREATE DATABASE {self.db}")
         sh(str(args.binary), "--database-url", self.url, "migrate")
 
-    def start(self):
+    def start(self, extra=()):
         log = open(self.work / f"{self.kind}.log", "w")
         env = dict(os.environ, TZ="UTC", PGTZ="UTC", RUST_LOG="warn")
         if self.kind == "registrar":
             cmd = [str(self.args.binary), "--database-url", self.url, "serve",
                    "--listen", f"udp:127.0.0.1:{self.port}", "--db-pool-size", str(self.args.concurrency),
-                   "--no-migrate", "--cleanup-interval", "3600"]
+                   "--no-migrate", "--cleanup-interval", "3600", *extra]
         else:
             cfg = self.work / "kamailio.cfg"
             text = (HERE / "kamailio.cfg").read_text()
@@ -128,10 +128,16 @@ class Server:
                 pass
         return total
 
-    def reset(self, live_users=0, prefix="u"):
+    def reset(self, live_users=0, prefix="u", expired=0):
         """Empties `location`, then optionally fills it with live bindings for the scenario's
-        users (as the register scenario writes them)."""
+        users (as the register scenario writes them), and with `expired` expired ones."""
         psql(self.url, "TRUNCATE location")
+        if expired:
+            psql(self.url,
+                 "INSERT INTO location (ruid, username, domain, contact, expires, q, callid, cseq, last_modified, user_agent, socket) "
+                 "SELECT gen_random_uuid()::varchar, 'x' || n, 'example.com', 'sip:x' || n || '@192.0.2.20:5060', "
+                 "now() - interval '2 hours', -1, 'old-' || n, 1, now() - interval '3 hours', 'bench', 'udp:127.0.0.1:5060' "
+                 f"FROM generate_series(0, {expired - 1}) n")
         if live_users:
             psql(self.url,
                  "INSERT INTO location (ruid, username, domain, contact, expires, q, callid, cseq, last_modified, user_agent, socket) "
@@ -139,6 +145,20 @@ class Server:
                  "now() + interval '1 day', -1, 'pre-' || n, 1, now(), 'bench', 'udp:127.0.0.1:5060' "
                  f"FROM generate_series(0, {live_users - 1}) n",
                  "VACUUM ANALYZE location", "CHECKPOINT")
+
+
+def random_users_file(work, prefix, population, count):
+    """`count` users drawn from `prefix`0 .. `prefix`(population-1), spread over the table."""
+    import random
+
+    path = work / f"users-{prefix}-random-{population}-{count}.csv"
+    if not path.exists():
+        rng = random.Random(population)
+        with open(path, "w") as f:
+            f.write("SEQUENTIAL\n")
+            for n in rng.sample(range(population), min(count, population)):
+                f.write(f"{prefix}{n};example.com\n")
+    return path
 
 
 def users_file(work, prefix, first, count):
@@ -262,6 +282,63 @@ class MemorySampler:
         return self.peak
 
 
+def max_refresh(args, work, server, population):
+    """Highest sustained refresh rate with `population` live bindings in the table."""
+    best = 0
+    for rate in args.rates:
+        calls = int(rate * args.seconds)
+        users = random_users_file(work, "r", population, calls)
+        ok, failed, seconds, _ = sipp(args, work, server, REGISTER_XML, users, rate, min(calls, population))
+        achieved = ok / seconds
+        sustained = failed / max(ok + failed, 1) < 0.001 and achieved >= 0.97 * rate
+        print(f"  scale {population:>8} bindings, refresh {rate:6}/s: {ok} ok, {failed} failed, {achieved:8.0f}/s"
+              f"{'' if sustained else '  <- not sustained'}", flush=True)
+        if not sustained:
+            break
+        best = rate
+    return best
+
+
+def p99_at(args, work, server, population, rate):
+    users = random_users_file(work, "r", population, int(rate * args.seconds))
+    ok, failed, _, times = sipp(args, work, server, REGISTER_XML, users, rate, int(rate * args.seconds), rtt=True)
+    return percentile(times, 99), failed
+
+
+def scale_run(args, work, admin):
+    """SPEC targets on scale: refresh throughput with 1,000,000 live bindings against 10,000,
+    and p99 at half that rate while 100,000 expired rows are being cleaned up."""
+    server = Server("registrar", admin, work, args)
+    rates = {}
+    for population in (10_000, 1_000_000):
+        print(f"  filling location with {population} live bindings ...", flush=True)
+        server.reset(live_users=population, prefix="r")
+        server.start()
+        try:
+            rates[population] = max_refresh(args, work, server, population)
+        finally:
+            server.stop()
+    half = max(1, rates[1_000_000] // 2)
+    server.reset(live_users=1_000_000, prefix="r")
+    server.start()
+    try:
+        quiet_p99, _ = p99_at(args, work, server, 1_000_000, half)
+    finally:
+        server.stop()
+    print("  adding 100,000 expired bindings; cleanup every second while measuring ...", flush=True)
+    server.reset(live_users=1_000_000, prefix="r", expired=100_000)
+    server.start(extra=("--cleanup-interval", "1", "--cleanup-grace", "0"))
+    try:
+        busy_p99, failed = p99_at(args, work, server, 1_000_000, half)
+        left = int(psql(server.url, "SELECT count(*) FROM location WHERE username LIKE 'x%'").strip())
+    finally:
+        server.stop()
+    print(f"  p99 at {half}/s: {quiet_p99:.2f} ms quiet, {busy_p99:.2f} ms during cleanup "
+          f"({100_000 - left} expired rows removed meanwhile, {failed} failed)", flush=True)
+    return {"refresh_10k": rates[10_000], "refresh_1m": rates[1_000_000], "half_rate": half,
+            "p99_quiet_ms": quiet_p99, "p99_cleanup_ms": busy_p99, "expired_removed": 100_000 - left}
+
+
 def pgbench(args, admin, work):
     """The database's own ceiling: a one-row upsert into `location` per transaction, at the
     registrars' concurrency."""
@@ -297,10 +374,25 @@ def main():
     p.add_argument("--users", type=int, default=10000, help="live bindings for the refresh scenario")
     p.add_argument("--concurrency", type=int, default=8, help="Kamailio children, our pool, pgbench clients")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--scale", action="store_true", help="run the scale test (1,000,000 bindings, cleanup) instead")
     args = p.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     work = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
     results = []
+    if args.scale:
+        try:
+            scale = scale_run(args, work, args.admin_url)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print()
+        print(f"refresh with 10,000 bindings: {scale['refresh_10k']}/s; with 1,000,000: {scale['refresh_1m']}/s "
+              f"({scale['refresh_1m'] / max(scale['refresh_10k'], 1):.2f} of it)")
+        print(f"p99 at {scale['half_rate']}/s: {scale['p99_quiet_ms']:.2f} ms; during the cleanup of "
+              f"{scale['expired_removed']} expired rows: {scale['p99_cleanup_ms']:.2f} ms "
+              f"({scale['p99_cleanup_ms'] / scale['p99_quiet_ms']:.2f}x)")
+        if args.json:
+            args.json.write_text(json.dumps(scale, indent=2))
+        return
     try:
         pg_tps = pgbench(args, args.admin_url, work)
         for kind in args.registrars.split(","):

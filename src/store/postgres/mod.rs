@@ -31,6 +31,14 @@ pub struct PgStore {
     coalescer: Option<Coalescer>,
 }
 
+/// The coalescer's workers: one per CPU, and never the whole pool (reads, cleanup and the P-CSCF
+/// need connections too). More workers make smaller batches: on two cores, six workers doubled
+/// PostgreSQL's CPU per REGISTER and the p99 against two (BENCHMARKS.md).
+fn batch_workers(pool_size: u32) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cpus.min(pool_size.saturating_sub(1) as usize).max(1)
+}
+
 impl PgStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<PgStore, StoreError> {
         let connect_options = PgConnectOptions::from_str(url)
@@ -62,8 +70,7 @@ impl PgStore {
             options: connect_options,
             coalescer: None,
         };
-        // Leave a quarter of the pool to reads, cleanup and the P-CSCF.
-        let workers = (options.pool_size as usize * 3 / 4).max(1);
+        let workers = batch_workers(options.pool_size);
         store.coalescer = Some(Coalescer::start(store.clone(), workers, MAX_BATCH));
         Ok(store)
     }
