@@ -440,3 +440,50 @@ both_backends!(p_end_to_end_in_front_of_our_own_registrar, |db| {
     pcscf_server.stop().await;
     registrar_server.stop().await;
 });
+
+both_backends!(p4_silent_scscf_publish_times_out_then_is_given_up, |db| {
+    let scscf = Scscf::start().await;
+    let flags = Overrides {
+        publish_max_attempts: Some(2),
+        ..pcscf_flags(&scscf.uri())
+    };
+    let server = start(db, flags).await;
+    let ue = Udp::to(&server).await;
+    assert_eq!(ue.ask(&ue_register(&ue, "ue9").text()).await.code, 200);
+    scscf.on_publish(Mode::Silent);
+    age_pcontacts(db, 10).await;
+    assert_eq!(
+        ue.ask(&ue_register(&ue, "ue9").cseq(2).text()).await.code,
+        500
+    );
+    // Each attempt is a UDP transaction retransmitted until 64*T1 (2.56 s here).
+    eventually(
+        "both unanswered attempts given up and the pcontact removed",
+        async || pcontact_state(db, &ue).await.is_none(),
+    )
+    .await;
+    assert_eq!(scscf.publish_transactions().len(), 2);
+    assert!(
+        scscf.publishes().len() > 4,
+        "retransmitted: {}",
+        scscf.publishes().len()
+    );
+    server.stop().await;
+});
+
+both_backends!(p2_provisional_answers_reach_the_ue, |db| {
+    let scscf = Scscf::start().await;
+    scscf.on_register(Mode::ProvisionalThenOk);
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    let ue = Udp::to(&server).await;
+    ue.send(&ue_register(&ue, "ue10").text()).await;
+    let first = ue
+        .recv(Duration::from_secs(5))
+        .await
+        .expect("the 183 first");
+    assert_eq!(first.code, 183);
+    assert_eq!(first.headers("Via").len(), 1, "without our Via");
+    let last = ue.recv(Duration::from_secs(5)).await.expect("then the 200");
+    assert_eq!(last.code, 200);
+    server.stop().await;
+});

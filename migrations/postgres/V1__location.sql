@@ -57,38 +57,3 @@ ALTER TABLE location SET (
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02
 );
-
--- One round trip for the start of every REGISTER batch (SPEC S2): take the per-AoR advisory
--- locks in ascending key order, then read every row of those AoRs. The read is a separate
--- statement inside this VOLATILE function, so in READ COMMITTED it takes a new snapshot after
--- the locks were granted and sees what a lock holder committed meanwhile (a lock inside the
--- read statement itself, e.g. in a CTE, would not: measured, research/hot-path-sql.md).
--- `now` is read after the locks too. `i` is the 1-based position of the AoR in the arrays;
--- AoRs without rows come back as one row with NULL columns.
-CREATE OR REPLACE FUNCTION registrar_lock_and_read(namespace INTEGER, usernames VARCHAR[], domains VARCHAR[])
-RETURNS TABLE (
-    now TIMESTAMPTZ, i BIGINT, id BIGINT, ruid VARCHAR, username VARCHAR, domain VARCHAR,
-    contact VARCHAR, received VARCHAR, path VARCHAR, expires TIMESTAMPTZ, q REAL,
-    callid VARCHAR, cseq BIGINT, last_modified TIMESTAMPTZ, flags INTEGER, cflags INTEGER,
-    user_agent VARCHAR, socket VARCHAR, methods INTEGER, instance VARCHAR, reg_id INTEGER,
-    server_id INTEGER, connection_id INTEGER, keepalive INTEGER, partition INTEGER
-)
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    locked_at TIMESTAMPTZ;
-BEGIN
-    PERFORM pg_advisory_xact_lock(namespace, keys.key)
-       FROM (SELECT DISTINCT hashtext(a.u || '@' || a.d) AS key
-               FROM unnest(usernames, domains) AS a(u, d) ORDER BY 1) AS keys;
-    locked_at := clock_timestamp();
-    RETURN QUERY
-        SELECT locked_at, k.i, l.id, l.ruid, l.username, l.domain, l.contact, l.received,
-               l.path, l.expires, l.q, l.callid, l.cseq, l.last_modified, l.flags, l.cflags,
-               l.user_agent, l.socket, l.methods, l.instance, l.reg_id, l.server_id,
-               l.connection_id, l.keepalive, l.partition
-          FROM unnest(usernames, domains) WITH ORDINALITY AS k(username, domain, i)
-          LEFT JOIN LATERAL (SELECT * FROM location
-                              WHERE location.username = k.username
-                                AND location.domain = k.domain) AS l ON true;
-END
-$$;

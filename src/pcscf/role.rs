@@ -241,14 +241,14 @@ impl Pcscf {
             transport: origin.transport,
             addr: origin.peer,
         };
+        // Provisional answers go to the UE in order, all before the final one.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
         let outbound = Arc::clone(&self.outbound);
-        let provisional = move |m: Message| {
-            let bytes = without_top_via(m).to_bytes();
-            let outbound = Arc::clone(&outbound);
-            tokio::spawn(async move {
-                let _ = outbound.send(ue, bytes).await;
-            });
-        };
+        let forwarding = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let _ = outbound.send(ue, without_top_via(m).to_bytes()).await;
+            }
+        });
         let outcome = self
             .transactions
             .request(
@@ -256,9 +256,13 @@ impl Pcscf {
                 self.config.scscf,
                 branch,
                 relayed,
-                provisional,
+                |m| {
+                    let _ = tx.send(m);
+                },
             )
             .await;
+        drop(tx);
+        let _ = forwarding.await;
         let (reply, accepted) = match outcome {
             Outcome::Final(m) => {
                 let accepted = accepted_by(&m, address, &request.to.uri);

@@ -56,6 +56,12 @@ impl<H: Handler> UdpListener<H> {
                 tracing::debug!(%peer, len, "datagram too large; dropped");
                 continue;
             }
+            if buf[..len].starts_with(b"SIP/2.0 ") {
+                // Responses (to the P-CSCF's own requests) are handled right here, in arrival
+                // order: a 183 and its 200 sent back to back must not swap places.
+                this.datagram(buf[..len].to_vec(), peer, local).await;
+                continue;
+            }
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 this.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;

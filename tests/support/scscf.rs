@@ -19,6 +19,8 @@ pub enum Mode {
     Silent,
     /// This error status.
     Fail(u16),
+    /// A 183 first, then the 200 (REGISTER only).
+    ProvisionalThenOk,
 }
 
 #[derive(Default)]
@@ -62,7 +64,7 @@ impl Scscf {
                         let _ = tx.send(message);
                         continue;
                     }
-                    if let Some(reply) = answer(&state, &message) {
+                    for reply in answer(&state, &message) {
                         let _ = socket.send_to(&reply, peer).await;
                     }
                 }
@@ -79,9 +81,10 @@ impl Scscf {
                             let data: Vec<u8> = buf.drain(..len).collect();
                             if let Ok(message) = wire::parse(&data)
                                 && message.is_request()
-                                && let Some(reply) = answer(&state, &message)
                             {
-                                let _ = stream.write_all(&reply).await;
+                                for reply in answer(&state, &message) {
+                                    let _ = stream.write_all(&reply).await;
+                                }
                             }
                         }
                         match stream.read(&mut chunk).await {
@@ -196,7 +199,7 @@ fn frame(buf: &[u8]) -> Option<usize> {
 }
 
 /// The double's behaviour: record, then answer as the mode says.
-fn answer(state: &Mutex<State>, request: &Message) -> Option<Vec<u8>> {
+fn answer(state: &Mutex<State>, request: &Message) -> Vec<Vec<u8>> {
     let mut s = state.lock().unwrap();
     let mode = match request.method() {
         Some("REGISTER") => {
@@ -210,28 +213,17 @@ fn answer(state: &Mutex<State>, request: &Message) -> Option<Vec<u8>> {
         _ => Mode::Ok,
     };
     drop(s);
-    let code = match mode {
-        Mode::Silent => return None,
-        Mode::Fail(code) => code,
-        Mode::Ok => 200,
+    let (provisional, code) = match mode {
+        Mode::Silent => return Vec::new(),
+        Mode::Fail(code) => (false, code),
+        Mode::Ok => (false, 200),
+        Mode::ProvisionalThenOk => (true, 200),
     };
-    let mut text = format!(
-        "SIP/2.0 {code} {}\r\n",
-        if code == 200 { "OK" } else { "Error" }
-    );
-    for via in request.headers_named("Via") {
-        text.push_str(&format!("Via: {via}\r\n"));
+    let mut replies = Vec::new();
+    if provisional {
+        replies.push(reply(request, 183, "Session Progress", ""));
     }
-    for name in ["From", "Call-ID", "CSeq"] {
-        text.push_str(&format!(
-            "{name}: {}\r\n",
-            request.header(name).unwrap_or("")
-        ));
-    }
-    text.push_str(&format!(
-        "To: {};tag=scscf\r\n",
-        request.header("To").unwrap_or("")
-    ));
+    let mut extra = String::new();
     if code == 200 && request.method() == Some("REGISTER") {
         let header_expires = request
             .header("Expires")
@@ -247,18 +239,39 @@ fn answer(state: &Mutex<State>, request: &Message) -> Option<Vec<u8>> {
                 .or(header_expires)
                 .unwrap_or(3600);
             if expires > 0 {
-                text.push_str(&format!("Contact: <{}>;expires={expires}\r\n", c.uri));
+                extra.push_str(&format!("Contact: <{}>;expires={expires}\r\n", c.uri));
             }
         }
         let user = NameAddr::parse(request.header("To").unwrap_or(""))
             .map(|n| n.uri)
             .unwrap_or_default();
-        text.push_str("Service-Route: <sip:orig@scscf.ims.example.com:6060;lr>\r\n");
-        text.push_str(&format!("P-Associated-URI: <{user}>, <tel:+15550100>\r\n"));
+        extra.push_str("Service-Route: <sip:orig@scscf.ims.example.com:6060;lr>\r\n");
+        extra.push_str(&format!("P-Associated-URI: <{user}>, <tel:+15550100>\r\n"));
     }
     if request.method() == Some("PUBLISH") && code == 200 {
-        text.push_str("Expires: 3601\r\n");
+        extra.push_str("Expires: 3601\r\n");
     }
+    let reason = if code == 200 { "OK" } else { "Error" };
+    replies.push(reply(request, code, reason, &extra));
+    replies
+}
+
+fn reply(request: &Message, code: u16, reason: &str, extra: &str) -> Vec<u8> {
+    let mut text = format!("SIP/2.0 {code} {reason}\r\n");
+    for via in request.headers_named("Via") {
+        text.push_str(&format!("Via: {via}\r\n"));
+    }
+    for name in ["From", "Call-ID", "CSeq"] {
+        text.push_str(&format!(
+            "{name}: {}\r\n",
+            request.header(name).unwrap_or("")
+        ));
+    }
+    text.push_str(&format!(
+        "To: {};tag=scscf\r\n",
+        request.header("To").unwrap_or("")
+    ));
+    text.push_str(extra);
     text.push_str("Content-Length: 0\r\n\r\n");
-    Some(text.into_bytes())
+    text.into_bytes()
 }
