@@ -103,21 +103,7 @@ both_backends!(s2_no_binding_is_lost, |db| {
 // S2/R13 with coalescing: REGISTERs for many AoRs at once share transactions; one the
 // database refuses fails alone, every other one is stored.
 both_backends!(s2_a_refused_register_does_not_fail_its_batch, |db| {
-    match db.backend() {
-        registrar::store::Backend::Postgres => {
-            db.exec(
-                "ALTER TABLE location ADD CONSTRAINT no_evil CHECK (contact NOT LIKE '%evil%')",
-            )
-            .await;
-        }
-        registrar::store::Backend::Sqlite => {
-            db.exec(
-                "CREATE TRIGGER no_evil BEFORE INSERT ON location WHEN NEW.contact LIKE '%evil%' \
-                 BEGIN SELECT RAISE(ABORT, 'no evil'); END",
-            )
-            .await;
-        }
-    }
+    db.refuse_contacts_containing("evil").await;
     let mut tasks = Vec::new();
     for i in 0..40 {
         let store = db.store.clone();

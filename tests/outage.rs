@@ -124,21 +124,7 @@ async fn r13_sqlite_locked_database_is_500_with_retry_after() {
 
 // R13: a row the database refuses is a 500 without Retry-After (retrying will not help).
 both_backends!(r13_rejected_row_is_500_without_retry_after, |db| {
-    match db.backend() {
-        registrar::store::Backend::Postgres => {
-            db.exec(
-                "ALTER TABLE location ADD CONSTRAINT no_evil CHECK (contact NOT LIKE '%evil%')",
-            )
-            .await;
-        }
-        registrar::store::Backend::Sqlite => {
-            db.exec(
-                "CREATE TRIGGER no_evil BEFORE INSERT ON location WHEN NEW.contact LIKE '%evil%' \
-                 BEGIN SELECT RAISE(ABORT, 'no evil'); END",
-            )
-            .await;
-        }
-    }
+    db.refuse_contacts_containing("evil").await;
     let running = support::sip::start(db, Overrides::default()).await;
     let ua = Udp::to(&running).await;
     let reply = ua

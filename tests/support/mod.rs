@@ -128,6 +128,26 @@ impl TestDb {
         }
     }
 
+    /// Makes the database refuse any binding whose contact contains `word` (a constraint on
+    /// PostgreSQL, a trigger on SQLite): a row the database rejects, for SPEC R13 tests.
+    pub async fn refuse_contacts_containing(&self, word: &str) {
+        match self.backend() {
+            Backend::Postgres => {
+                self.exec(&format!(
+                    "ALTER TABLE location ADD CONSTRAINT no_{word} CHECK (contact NOT LIKE '%{word}%')"
+                ))
+                .await;
+            }
+            Backend::Sqlite => {
+                self.exec(&format!(
+                    "CREATE TRIGGER no_{word} BEFORE INSERT ON location WHEN NEW.contact LIKE '%{word}%' \
+                     BEGIN SELECT RAISE(ABORT, 'no {word}'); END"
+                ))
+                .await;
+            }
+        }
+    }
+
     /// SQL for "`seconds` from now" in this backend's time columns.
     pub fn in_seconds(&self, seconds: i64) -> String {
         match self.backend() {

@@ -9,11 +9,11 @@
 //! cost ~200 µs more PostgreSQL CPU per call (pgbench: 7,700 against 12,700 lock-and-read
 //! transactions/s on two cores), and under load CPU is what runs out first.
 
-use super::rows::{BINDING_COLUMNS, BindingArrays, binding};
+use super::rows::{BINDING_COLUMNS, BindingArrays, FieldArrays, binding};
 use super::{AOR_LOCK_NAMESPACE, PgStore};
 use crate::store::binding::{expired_conflicts, live_after};
 use crate::store::coalesce::{Batch, Job, Outcome};
-use crate::store::{AorSnapshot, Applied, Binding, Plan, StoreError, Written};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, StoreError, Written};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::sync::LazyLock;
@@ -55,7 +55,7 @@ static UPDATE_BINDINGS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-const INSERT_BINDINGS: &str = "INSERT INTO location (ruid, username, domain, contact, received, \
+const INSERT_BINDINGS: &str = "INSERT INTO location (username, domain, ruid, contact, received, \
      path, expires, q, callid, cseq, last_modified, flags, cflags, user_agent, socket, methods, \
      instance, reg_id, server_id, connection_id, keepalive, partition) \
      SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], \
@@ -73,7 +73,8 @@ impl Batch for PgStore {
             .bind(&aors)
             .execute(&mut *tx)
             .await?;
-        let (now, mut rows) = read_aors(&mut tx, jobs).await?;
+        let aors: Vec<&Aor> = jobs.iter().map(|j| &j.aor).collect();
+        let (now, mut rows) = read_aors(&mut tx, &aors).await?;
         let mut plans: Vec<Plan<Outcome>> = Vec::with_capacity(jobs.len());
         let (mut delete, mut update, mut insert) = (Vec::new(), Vec::new(), Vec::new());
         for (job, rows) in jobs.iter().zip(&rows) {
@@ -112,12 +113,12 @@ impl Batch for PgStore {
 
 /// Every row of every AoR of the batch (expired ones too: their unique keys may stand in the
 /// way of a new binding), per job, and the database's `now`.
-async fn read_aors(
+pub(super) async fn read_aors(
     conn: &mut PgConnection,
-    jobs: &[Job],
+    aors: &[&Aor],
 ) -> Result<(DateTime<Utc>, Vec<Vec<Binding>>), StoreError> {
-    let usernames: Vec<&str> = jobs.iter().map(|j| j.aor.username.as_str()).collect();
-    let domains: Vec<&str> = jobs.iter().map(|j| j.aor.domain.as_str()).collect();
+    let usernames: Vec<&str> = aors.iter().map(|a| a.username.as_str()).collect();
+    let domains: Vec<&str> = aors.iter().map(|a| a.domain.as_str()).collect();
     let rows = sqlx::query(AssertSqlSafe(READ_AORS.as_str()))
         .bind(&usernames)
         .bind(&domains)
@@ -127,7 +128,7 @@ async fn read_aors(
         Some(row) => row.try_get("now")?,
         None => return Err(StoreError::Corrupt("the AoR read returned no row".into())),
     };
-    let mut per_job: Vec<Vec<Binding>> = vec![Vec::new(); jobs.len()];
+    let mut per_job: Vec<Vec<Binding>> = vec![Vec::new(); aors.len()];
     for row in &rows {
         if row.try_get::<Option<i64>, _>("id")?.is_none() {
             continue;
@@ -156,60 +157,17 @@ async fn write(
     }
     if !update.is_empty() {
         let a = BindingArrays::of(update);
-        sqlx::query(AssertSqlSafe(UPDATE_BINDINGS.as_str()))
-            .bind(a.ids)
-            .bind(a.ruids)
-            .bind(a.contacts)
-            .bind(a.received)
-            .bind(a.paths)
-            .bind(a.expires)
-            .bind(a.qs)
-            .bind(a.callids)
-            .bind(a.cseqs)
-            .bind(a.last_modified)
-            .bind(a.flags)
-            .bind(a.cflags)
-            .bind(a.user_agents)
-            .bind(a.sockets)
-            .bind(a.methods)
-            .bind(a.instances)
-            .bind(a.reg_ids)
-            .bind(a.server_ids)
-            .bind(a.connection_ids)
-            .bind(a.keepalives)
-            .bind(a.partitions)
-            .execute(&mut *conn)
-            .await?;
+        let query = sqlx::query(AssertSqlSafe(UPDATE_BINDINGS.as_str())).bind(a.ids);
+        bind_fields(query, a.fields).execute(&mut *conn).await?;
     }
     if insert.is_empty() {
         return Ok(insert);
     }
     let a = BindingArrays::of(&insert);
-    let rows = sqlx::query(INSERT_BINDINGS)
-        .bind(a.ruids)
+    let query = sqlx::query(INSERT_BINDINGS)
         .bind(a.usernames)
-        .bind(a.domains)
-        .bind(a.contacts)
-        .bind(a.received)
-        .bind(a.paths)
-        .bind(a.expires)
-        .bind(a.qs)
-        .bind(a.callids)
-        .bind(a.cseqs)
-        .bind(a.last_modified)
-        .bind(a.flags)
-        .bind(a.cflags)
-        .bind(a.user_agents)
-        .bind(a.sockets)
-        .bind(a.methods)
-        .bind(a.instances)
-        .bind(a.reg_ids)
-        .bind(a.server_ids)
-        .bind(a.connection_ids)
-        .bind(a.keepalives)
-        .bind(a.partitions)
-        .fetch_all(conn)
-        .await?;
+        .bind(a.domains);
+    let rows = bind_fields(query, a.fields).fetch_all(conn).await?;
     for row in rows {
         let ruid: String = row.try_get("ruid")?;
         let id: i64 = row.try_get("id")?;
@@ -218,4 +176,31 @@ async fn write(
         }
     }
     Ok(insert)
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds the columns both writes share, `ruid` to `partition`, in `BINDING_COLUMNS` order.
+fn bind_fields(query: PgQuery<'_>, f: FieldArrays) -> PgQuery<'_> {
+    query
+        .bind(f.ruids)
+        .bind(f.contacts)
+        .bind(f.received)
+        .bind(f.paths)
+        .bind(f.expires)
+        .bind(f.qs)
+        .bind(f.callids)
+        .bind(f.cseqs)
+        .bind(f.last_modified)
+        .bind(f.flags)
+        .bind(f.cflags)
+        .bind(f.user_agents)
+        .bind(f.sockets)
+        .bind(f.methods)
+        .bind(f.instances)
+        .bind(f.reg_ids)
+        .bind(f.server_ids)
+        .bind(f.connection_ids)
+        .bind(f.keepalives)
+        .bind(f.partitions)
 }

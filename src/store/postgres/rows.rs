@@ -41,13 +41,20 @@ pub(crate) fn binding(row: &PgRow) -> Result<Binding, sqlx::Error> {
     })
 }
 
-/// Bindings as parallel column arrays, in `BINDING_COLUMNS` order without `id`.
+/// Bindings as parallel column arrays, in `BINDING_COLUMNS` order.
 #[derive(Default)]
 pub(crate) struct BindingArrays {
     pub ids: Vec<i64>,
-    pub ruids: Vec<String>,
     pub usernames: Vec<String>,
     pub domains: Vec<String>,
+    /// The columns an insert and an update both write.
+    pub fields: FieldArrays,
+}
+
+/// `ruid` to `partition`, as arrays.
+#[derive(Default)]
+pub(crate) struct FieldArrays {
+    pub ruids: Vec<String>,
     pub contacts: Vec<String>,
     pub received: Vec<Option<String>>,
     pub paths: Vec<Option<String>>,
@@ -71,12 +78,13 @@ pub(crate) struct BindingArrays {
 
 impl BindingArrays {
     pub fn of<'a>(bindings: impl IntoIterator<Item = &'a Binding>) -> Self {
-        let mut a = BindingArrays::default();
+        let mut all = BindingArrays::default();
         for b in bindings {
-            a.ids.push(b.id);
+            all.ids.push(b.id);
+            all.usernames.push(b.aor.username.clone());
+            all.domains.push(b.aor.domain.clone());
+            let a = &mut all.fields;
             a.ruids.push(b.ruid.clone());
-            a.usernames.push(b.aor.username.clone());
-            a.domains.push(b.aor.domain.clone());
             a.contacts.push(b.contact.clone());
             a.received.push(b.received.clone());
             a.paths.push(b.path.clone());
@@ -97,7 +105,7 @@ impl BindingArrays {
             a.keepalives.push(b.keepalive);
             a.partitions.push(b.partition);
         }
-        a
+        all
     }
 }
 
