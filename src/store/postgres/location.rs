@@ -5,27 +5,13 @@
 //! from before the wait and miss bindings committed meanwhile (measured,
 //! research/hot-path-sql.md).
 
+use super::batch::read_aors;
 use super::rows::{BINDING_COLUMNS, binding};
 use super::{AOR_LOCK_NAMESPACE, PgStore};
-use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError};
+use crate::store::{Aor, AorSnapshot, Applied, Plan, Removal, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
-use std::sync::LazyLock;
 use std::time::Duration;
-
-static READ_AOR: LazyLock<String> = LazyLock::new(|| {
-    // statement_timestamp() is taken after the lock (an earlier statement) was granted; the
-    // LEFT JOIN yields `now` even when the AoR has no rows.
-    let cols = BINDING_COLUMNS
-        .split(", ")
-        .map(|c| format!("l.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "SELECT statement_timestamp() AS now, {cols} FROM (VALUES (1)) AS one \
-         LEFT JOIN location l ON l.username = $1 AND l.domain = $2"
-    )
-});
 
 impl PgStore {
     pub async fn update_aor<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
@@ -38,7 +24,8 @@ impl PgStore {
 
     pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
         let mut conn = self.acquire().await?;
-        let (now, rows) = read_aor(&mut conn, aor).await?;
+        let (now, mut rows) = read_aors(&mut conn, &[aor]).await?;
+        let rows = rows.pop().unwrap_or_default();
         Ok(AorSnapshot {
             now,
             bindings: rows.into_iter().filter(|b| b.is_live(now)).collect(),
@@ -91,7 +78,8 @@ impl PgStore {
         Ok(live)
     }
 
-    pub async fn remove_expired_bindings(
+    /// One batch of SPEC S4's cleanup; returns how many rows went.
+    pub async fn remove_expired_batch(
         &self,
         grace: Duration,
         batch: u32,
@@ -100,19 +88,12 @@ impl PgStore {
         let sql = "DELETE FROM location WHERE id IN (SELECT id FROM location \
                    WHERE expires < statement_timestamp() - make_interval(secs => $1) \
                    LIMIT $2 FOR UPDATE SKIP LOCKED)";
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(sql)
-                .bind(grace.as_secs_f64())
-                .bind(i64::from(batch))
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += done;
-            if done < u64::from(batch) {
-                return Ok(total);
-            }
-        }
+        Ok(sqlx::query(sql)
+            .bind(grace.as_secs_f64())
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }
 
@@ -123,28 +104,4 @@ async fn lock_aor(conn: &mut PgConnection, aor: &Aor) -> Result<(), StoreError> 
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// Every row of the AoR, expired ones included (their unique keys may stand in the way of a new
-/// binding), and the database's `now`.
-async fn read_aor(
-    conn: &mut PgConnection,
-    aor: &Aor,
-) -> Result<(DateTime<Utc>, Vec<Binding>), StoreError> {
-    let rows = sqlx::query(AssertSqlSafe(READ_AOR.as_str()))
-        .bind(&aor.username)
-        .bind(&aor.domain)
-        .fetch_all(conn)
-        .await?;
-    let now: DateTime<Utc> = match rows.first() {
-        Some(row) => row.try_get("now")?,
-        None => return Err(StoreError::Corrupt("the AoR read returned no row".into())),
-    };
-    let mut bindings = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if row.try_get::<Option<i64>, _>("id")?.is_some() {
-            bindings.push(binding(row)?);
-        }
-    }
-    Ok((now, bindings))
 }

@@ -88,27 +88,21 @@ impl SqliteStore {
         Ok(live)
     }
 
-    pub async fn remove_expired_bindings(
+    /// One batch of SPEC S4's cleanup; returns how many rows went.
+    pub async fn remove_expired_batch(
         &self,
         grace: Duration,
         batch: u32,
     ) -> Result<u64, StoreError> {
         let sql = "DELETE FROM location WHERE id IN \
                    (SELECT id FROM location WHERE expires < ?1 LIMIT ?2)";
-        let mut total = 0;
-        loop {
-            let cutoff = to_secs(now()) - i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-            let done = sqlx::query(sql)
-                .bind(cutoff)
-                .bind(i64::from(batch))
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += done;
-            if done < u64::from(batch) {
-                return Ok(total);
-            }
-        }
+        let cutoff = to_secs(now()) - i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        Ok(sqlx::query(sql)
+            .bind(cutoff)
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }
 
