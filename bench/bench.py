@@ -229,21 +229,14 @@ def percentile(values, p):
 def scenario_run(args, work, server, scenario):
     """Steps the rate up; returns the result row for this registrar and scenario."""
     xml = UNREGISTER_XML if scenario == "unregister" else REGISTER_XML
-    best = 0
     next_user = 0
     peak_memory = 0
-    for rate in args.rates:
+
+    def attempt(rate):
+        nonlocal next_user, peak_memory
         calls = int(rate * args.seconds)
-        if scenario == "new":
-            server.reset(prefix="u")
-            users = users_file(work, "u", next_user, calls)
-            next_user += calls
-        elif scenario == "refresh":
-            server.reset(live_users=args.users, prefix="r")
-            users = users_file(work, "r", 0, min(calls, args.users))
-        else:
-            server.reset(live_users=calls, prefix="d")
-            users = users_file(work, "d", 0, calls)
+        users = prepare(args, work, server, scenario, calls, new_prefix="u", first_new=next_user)
+        next_user += calls
         sampler = MemorySampler(server)
         ok, failed, seconds, _ = sipp(args, work, server, xml, users, rate, calls)
         peak = sampler.stop()
@@ -252,28 +245,35 @@ def scenario_run(args, work, server, scenario):
         sustained = fail_share < 0.001 and ok + failed == calls and achieved >= 0.97 * rate
         print(f"  {server.kind:9} {scenario:10} {rate:6}/s: {ok} ok, {failed} failed, {achieved:8.0f}/s achieved"
               f"{'' if sustained else '  <- not sustained'}", flush=True)
-        if not sustained:
-            break
-        best = rate
-        peak_memory = max(peak_memory, peak)
+        if sustained:
+            peak_memory = max(peak_memory, peak)
+        return sustained
+
+    best = highest_sustained(args.rates, attempt)
     p50 = p99 = float("nan")
     if best:
         half = max(1, best // 2)
         calls = int(half * args.seconds)
-        if scenario == "new":
-            server.reset(prefix="h")
-            users = users_file(work, "h", 0, calls)
-        elif scenario == "refresh":
-            server.reset(live_users=args.users, prefix="r")
-            users = users_file(work, "r", 0, min(calls, args.users))
-        else:
-            server.reset(live_users=calls, prefix="d")
-            users = users_file(work, "d", 0, calls)
+        users = prepare(args, work, server, scenario, calls, new_prefix="h")
         ok, failed, seconds, times = sipp(args, work, server, xml, users, half, calls, rtt=True)
         p50, p99 = percentile(times, 50), percentile(times, 99)
         print(f"  {server.kind:9} {scenario:10} at {half}/s: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(times)} samples)", flush=True)
     return {"registrar": server.kind, "scenario": scenario, "max_rate": best, "p50_ms": p50, "p99_ms": p99,
             "memory_mib": peak_memory / 1024}
+
+
+def prepare(args, work, server, scenario, calls, new_prefix, first_new=0):
+    """Resets the table for one run of `scenario` and returns its users file: `new` starts
+    empty with users never seen before; `refresh` has `args.users` live bindings; `unregister`
+    one live binding per REGISTER."""
+    if scenario == "new":
+        server.reset(prefix=new_prefix)
+        return users_file(work, new_prefix, first_new, calls)
+    if scenario == "refresh":
+        server.reset(live_users=args.users, prefix="r")
+        return users_file(work, "r", 0, min(calls, args.users))
+    server.reset(live_users=calls, prefix="d")
+    return users_file(work, "d", 0, calls)
 
 
 class MemorySampler:
@@ -297,8 +297,7 @@ class MemorySampler:
 
 def max_refresh(args, work, server, population):
     """Highest sustained refresh rate with `population` live bindings in the table."""
-    best = 0
-    for rate in args.rates:
+    def attempt(rate):
         calls = int(rate * args.seconds)
         users = random_users_file(work, "r", population, calls)
         ok, failed, seconds, _ = sipp(args, work, server, REGISTER_XML, users, rate, calls)
@@ -306,7 +305,20 @@ def max_refresh(args, work, server, population):
         sustained = failed / max(ok + failed, 1) < 0.001 and achieved >= 0.97 * rate
         print(f"  scale {population:>8} bindings, refresh {rate:6}/s: {ok} ok, {failed} failed, {achieved:8.0f}/s"
               f"{'' if sustained else '  <- not sustained'}", flush=True)
-        if not sustained:
+        return sustained
+
+    return highest_sustained(args.rates, attempt)
+
+
+def highest_sustained(rates, attempt):
+    """Steps up through `rates` until `attempt(rate)` fails, then tries once halfway between the
+    last sustained rate and the failed one (to 500/s), so the top figure is not a whole step off."""
+    best = 0
+    for rate in rates:
+        if not attempt(rate):
+            middle = (best + rate) // 2 // 500 * 500
+            if best < middle < rate and attempt(middle):
+                best = middle
             break
         best = rate
     return best
