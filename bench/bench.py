@@ -252,14 +252,21 @@ def scenario_run(args, work, server, scenario):
     best = highest_sustained(args.rates, attempt)
     p50 = p99 = float("nan")
     if best:
-        half = max(1, best // 2)
-        calls = int(half * args.seconds)
-        users = prepare(args, work, server, scenario, calls, new_prefix="h")
-        ok, failed, seconds, times = sipp(args, work, server, xml, users, half, calls, rtt=True)
-        p50, p99 = percentile(times, 50), percentile(times, 99)
-        print(f"  {server.kind:9} {scenario:10} at {half}/s: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(times)} samples)", flush=True)
+        p50, p99 = latency_at(args, work, server, scenario, max(1, best // 2))
     return {"registrar": server.kind, "scenario": scenario, "max_rate": best, "p50_ms": p50, "p99_ms": p99,
             "memory_mib": peak_memory / 1024}
+
+
+def latency_at(args, work, server, scenario, rate):
+    """p50 and p99 response time in ms of `scenario` at `rate`, SIPp's clock made fine."""
+    xml = UNREGISTER_XML if scenario == "unregister" else REGISTER_XML
+    calls = int(rate * args.seconds)
+    users = prepare(args, work, server, scenario, calls, new_prefix="h")
+    _, _, _, times = sipp(args, work, server, xml, users, rate, calls, rtt=True)
+    p50, p99 = percentile(times, 50), percentile(times, 99)
+    print(f"  {server.kind:9} {scenario:10} at {rate}/s: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(times)} samples)",
+          flush=True)
+    return p50, p99
 
 
 def prepare(args, work, server, scenario, calls, new_prefix, first_new=0):
@@ -429,12 +436,49 @@ def main():
                     results.append(scenario_run(args, work, server, scenario))
             finally:
                 server.stop()
+        same_rate = same_rate_run(args, work, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
     print(table(results, pg_tps, args))
+    if same_rate:
+        print()
+        print(same_rate_table(same_rate))
     if args.json:
-        args.json.write_text(json.dumps({"pgbench_tps": pg_tps, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"pgbench_tps": pg_tps, "results": results, "same_rate": same_rate},
+                                        indent=2))
+
+
+def same_rate_run(args, work, results):
+    """Ours at the rate where Kamailio's half-load latency was taken: "half load" is a different
+    rate for each registrar, so this is the like-for-like comparison."""
+    by = {(r["scenario"], r["registrar"]): r for r in results}
+    wanted = [(r["scenario"], r["max_rate"] // 2) for r in results
+              if r["registrar"] == "kamailio" and r["max_rate"] and (r["scenario"], "registrar") in by]
+    if not wanted:
+        return []
+    server = Server("registrar", args.admin_url, work, args)
+    server.start()
+    rows = []
+    try:
+        for scenario, rate in wanted:
+            p50, p99 = latency_at(args, work, server, scenario, rate)
+            theirs = by[(scenario, "kamailio")]
+            rows.append({"scenario": scenario, "rate": rate, "p50_ms": p50, "p99_ms": p99,
+                         "kamailio_p50_ms": theirs["p50_ms"], "kamailio_p99_ms": theirs["p99_ms"]})
+    finally:
+        server.stop()
+    return rows
+
+
+def same_rate_table(rows):
+    lines = ["| scenario | rate (Kamailio's half load) | ours p50 / p99 ms | Kamailio p50 / p99 ms | ours p99 / Kamailio's |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['scenario']} | {r['rate']} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | "
+                     f"{r['kamailio_p50_ms']:.2f} / {r['kamailio_p99_ms']:.2f} | "
+                     f"{r['p99_ms'] / r['kamailio_p99_ms']:.2f}× |")
+    return "\n".join(lines)
 
 
 def table(results, pg_tps, args):
