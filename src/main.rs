@@ -54,9 +54,9 @@ fn main() -> ExitCode {
 }
 
 /// glibc gives each thread that allocates its own arena of up to 64 MiB, and sqlx runs every
-/// SQLite connection on a thread of its own: at 9,000 REGISTER/s the server's PSS peaked at
-/// 54–66 MiB, 32–44 MiB with two arenas and the same throughput (BENCHMARKS.md). An operator's
-/// own `MALLOC_ARENA_MAX` wins.
+/// SQLite connection on a thread of its own: on SQLite at 9,000–10,000 new registrations/s the
+/// server's PSS peaked at 54–66 MiB, with two arenas at 37–44 MiB and the same throughput
+/// (BENCHMARKS.md). An operator's own `MALLOC_ARENA_MAX` wins.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
