@@ -177,23 +177,42 @@ pub(crate) fn expired_conflicts<T>(
     ids
 }
 
-/// The live bindings after `plan` was written over `before` (all rows read under the lock).
-pub(crate) fn live_after<T>(
-    before: Vec<Binding>,
-    plan: &Plan<T>,
-    inserted: Vec<Binding>,
-    now: DateTime<Utc>,
-) -> Vec<Binding> {
-    let mut after: Vec<Binding> = before
-        .into_iter()
-        .filter(|b| !plan.delete.contains(&b.id))
-        .map(|b| match plan.update.iter().find(|u| u.id == b.id) {
-            Some(u) => u.clone(),
-            None => b,
-        })
-        .chain(inserted)
-        .filter(|b| b.is_live(now))
-        .collect();
-    after.sort_by_key(|b| b.id);
-    after
+impl AorSnapshot {
+    /// The live ones of `rows` (every row of the AoR, read under its lock) at `now`.
+    pub(crate) fn live(rows: &[Binding], now: DateTime<Utc>) -> AorSnapshot {
+        AorSnapshot {
+            now,
+            bindings: rows.iter().filter(|b| b.is_live(now)).cloned().collect(),
+        }
+    }
+}
+
+impl<T> Applied<T> {
+    /// The result of `plan` written over `before` (all rows read under the lock), `inserted`
+    /// being its inserts with the ids the database gave them.
+    pub(crate) fn after(
+        plan: Plan<T>,
+        before: Vec<Binding>,
+        inserted: Vec<Binding>,
+        now: DateTime<Utc>,
+    ) -> Applied<T> {
+        let written = Written::of(&plan);
+        let mut bindings: Vec<Binding> = before
+            .into_iter()
+            .filter(|b| !plan.delete.contains(&b.id))
+            .map(|b| match plan.update.iter().find(|u| u.id == b.id) {
+                Some(u) => u.clone(),
+                None => b,
+            })
+            .chain(inserted)
+            .filter(|b| b.is_live(now))
+            .collect();
+        bindings.sort_by_key(|b| b.id);
+        Applied {
+            outcome: plan.outcome,
+            now,
+            written,
+            bindings,
+        }
+    }
 }

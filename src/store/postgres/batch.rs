@@ -11,9 +11,9 @@
 
 use super::rows::{BINDING_COLUMNS, BindingArrays, FieldArrays, binding};
 use super::{AOR_LOCK_NAMESPACE, PgStore};
-use crate::store::binding::{expired_conflicts, live_after};
+use crate::store::binding::expired_conflicts;
 use crate::store::coalesce::{Batch, Job, Outcome};
-use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, StoreError, Written};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::sync::LazyLock;
@@ -78,11 +78,7 @@ impl Batch for PgStore {
         let mut plans: Vec<Plan<Outcome>> = Vec::with_capacity(jobs.len());
         let (mut delete, mut update, mut insert) = (Vec::new(), Vec::new(), Vec::new());
         for (job, rows) in jobs.iter().zip(&rows) {
-            let snapshot = AorSnapshot {
-                now,
-                bindings: rows.iter().filter(|b| b.is_live(now)).cloned().collect(),
-            };
-            let plan = (job.decide)(&snapshot);
+            let plan = (job.decide)(&AorSnapshot::live(rows, now));
             delete.extend(plan.delete.iter().copied());
             delete.extend(expired_conflicts(&plan, rows, now));
             update.extend(plan.update.iter().cloned());
@@ -98,14 +94,7 @@ impl Batch for PgStore {
                 .iter()
                 .filter_map(|b| inserted.iter().find(|i| i.ruid == b.ruid).cloned())
                 .collect();
-            let written = Written::of(&plan);
-            let bindings = live_after(before, &plan, mine, now);
-            applied.push(Applied {
-                outcome: plan.outcome,
-                now,
-                written,
-                bindings,
-            });
+            applied.push(Applied::after(plan, before, mine, now));
         }
         Ok(applied)
     }

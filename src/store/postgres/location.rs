@@ -25,11 +25,7 @@ impl PgStore {
     pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
         let mut conn = self.acquire().await?;
         let (now, mut rows) = read_aors(&mut conn, &[aor]).await?;
-        let rows = rows.pop().unwrap_or_default();
-        Ok(AorSnapshot {
-            now,
-            bindings: rows.into_iter().filter(|b| b.is_live(now)).collect(),
-        })
+        Ok(AorSnapshot::live(&rows.pop().unwrap_or_default(), now))
     }
 
     pub async fn dump_bindings(&self) -> Result<AorSnapshot, StoreError> {

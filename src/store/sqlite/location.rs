@@ -4,9 +4,9 @@
 
 use super::rows::{BINDING_COLUMNS, binding};
 use super::{SqliteStore, now, to_secs};
-use crate::store::binding::{expired_conflicts, live_after, q_to_column};
+use crate::store::binding::{expired_conflicts, q_to_column};
 use crate::store::coalesce::{Batch, Job, Outcome};
-use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError, Written};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -38,11 +38,7 @@ impl SqliteStore {
     pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
         let mut conn = self.acquire().await?;
         let now = now();
-        let rows = read_aor(&mut conn, aor).await?;
-        Ok(AorSnapshot {
-            now,
-            bindings: rows.into_iter().filter(|b| b.is_live(now)).collect(),
-        })
+        Ok(AorSnapshot::live(&read_aor(&mut conn, aor).await?, now))
     }
 
     pub async fn dump_bindings(&self) -> Result<AorSnapshot, StoreError> {
@@ -113,11 +109,7 @@ impl Batch for SqliteStore {
         let mut done = Vec::with_capacity(jobs.len());
         for job in jobs {
             let rows = read_aor(&mut tx, &job.aor).await?;
-            let snapshot = AorSnapshot {
-                now,
-                bindings: rows.iter().filter(|b| b.is_live(now)).cloned().collect(),
-            };
-            let plan = (job.decide)(&snapshot);
+            let plan = (job.decide)(&AorSnapshot::live(&rows, now));
             let mut delete = plan.delete.clone();
             delete.extend(expired_conflicts(&plan, &rows, now));
             for id in &delete {
@@ -147,16 +139,7 @@ impl Batch for SqliteStore {
         tx.commit().await?;
         Ok(done
             .into_iter()
-            .map(|(plan, rows, inserted)| {
-                let written = Written::of(&plan);
-                let bindings = live_after(rows, &plan, inserted, now);
-                Applied {
-                    outcome: plan.outcome,
-                    now,
-                    written,
-                    bindings,
-                }
-            })
+            .map(|(plan, rows, inserted)| Applied::after(plan, rows, inserted, now))
             .collect())
     }
 }
