@@ -14,9 +14,24 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's message may continue on indented lines (the missing arguments) before
+            // its usage block: keep those, on one line (SPEC C6).
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("registrar: {}", first.trim_start_matches("error: "));
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            let message = message.trim_start_matches("error: ");
+            eprintln!(
+                "registrar: {}",
+                if message.is_empty() {
+                    "invalid arguments"
+                } else {
+                    message
+                }
+            );
             return ExitCode::from(2);
         }
     };
