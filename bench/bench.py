@@ -77,7 +77,7 @@ class Server:
         log = open(self.work / f"{self.kind}.log", "w")
         env = dict(os.environ, TZ="UTC", PGTZ="UTC", RUST_LOG="warn")
         if self.kind in ("registrar", "sqlite"):
-            cmd = [str(self.args.binary), "--database-url", self.url, "serve",
+            cmd = [str(self.args.binary), "--database-url", self.url, "serve", "--auth", "off",
                    "--listen", f"udp:127.0.0.1:{self.port}", "--db-pool-size", str(self.args.concurrency),
                    "--no-migrate", *(extra or ("--cleanup-interval", "3600"))]
         else:

@@ -3,6 +3,7 @@
 //! Flags override the file, which overrides the defaults. File keys are the flag names in
 //! snake_case.
 
+use crate::auth::{AuthMode, AuthSettings, Secret};
 use crate::registrar::{DomainOverride, Policies, Policy};
 use crate::sip::Transport;
 use crate::store::DEFAULT_DATABASE_URL;
@@ -152,13 +153,41 @@ pub struct Overrides {
     /// P-CSCF: PUBLISH attempts per identity before giving up [default: 5]
     #[arg(long, value_name = "N")]
     pub publish_max_attempts: Option<u32>,
+    /// Registrar: digest authentication of REGISTER against `subscriber` [default: digest]
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Digest algorithms offered, in order: md5, sha-256 or both, e.g. sha-256,md5 [default: md5]
+    #[arg(long, value_name = "LIST")]
+    pub auth_algorithms: Option<String>,
+    /// File whose bytes (at least 32) seal nonces; share it so instances accept each other's [default: a random per-process secret]
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret_file: Option<std::path::PathBuf>,
+    /// Seconds a nonce stays valid [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub nonce_expires: Option<f64>,
+    /// Failed authentications per source IP within 60 s before it is banned [default: 10]
+    #[arg(long, value_name = "N")]
+    pub auth_fail_limit: Option<u32>,
+    /// Seconds a source IP stays banned after too many failures [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub auth_ban: Option<f64>,
+}
+
+/// One `[domain."…"]` table of the config file: the registrar's policy overrides (R8) and
+/// whether the domain authenticates (A1).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainSection {
+    max_contacts: Option<u32>,
+    single_contact: Option<bool>,
+    auth: Option<AuthMode>,
 }
 
 /// The config file: every `Overrides` key, the database URL, and per-domain rules.
 #[derive(Debug, Default)]
 struct FileConfig {
     database_url: Option<String>,
-    domain: HashMap<String, DomainOverride>,
+    domain: HashMap<String, DomainSection>,
     overrides: Overrides,
 }
 
@@ -182,6 +211,7 @@ pub struct Settings {
     pub retry_after: u32,
     pub retrans_cache_bytes: usize,
     pub pcscf: PcscfSettings,
+    pub auth: AuthSettings,
 }
 
 /// The P-CSCF role's settings (SPEC P7).
@@ -248,11 +278,34 @@ impl Settings {
                 "--default-expires must be above 0".into(),
             ));
         }
-        let domains_overrides = file
-            .domain
-            .into_iter()
-            .map(|(d, o)| (d.to_ascii_lowercase(), o))
-            .collect();
+        let mut domains_overrides = HashMap::new();
+        let mut auth_domains = HashMap::new();
+        for (domain, section) in file.domain {
+            let domain = domain.to_ascii_lowercase();
+            if let Some(mode) = section.auth {
+                auth_domains.insert(domain.clone(), mode);
+            }
+            domains_overrides.insert(
+                domain,
+                DomainOverride {
+                    max_contacts: section.max_contacts,
+                    single_contact: section.single_contact,
+                },
+            );
+        }
+        let auth = AuthSettings {
+            mode: o.auth.unwrap_or_default(),
+            domains: auth_domains,
+            algorithms: match &o.auth_algorithms {
+                Some(list) => AuthSettings::parse_algorithms(list)
+                    .map_err(|e| ConfigError::Invalid(format!("--auth-algorithms: {e}")))?,
+                None => AuthSettings::default().algorithms,
+            },
+            secret: o.auth_secret_file.as_deref().map(read_secret).transpose()?,
+            nonce_expires: seconds(o.nonce_expires, 300.0, "nonce-expires")?,
+            fail_limit: o.auth_fail_limit.unwrap_or(10),
+            ban: seconds(o.auth_ban, 300.0, "auth-ban")?,
+        };
         let role = o.role.unwrap_or(Role::Registrar);
         let pcscf = PcscfSettings {
             scscf: o.scscf.clone(),
@@ -291,8 +344,18 @@ impl Settings {
             retry_after: o.retry_after.unwrap_or(5),
             retrans_cache_bytes: o.retrans_cache_bytes.unwrap_or(16 * 1024 * 1024),
             pcscf,
+            auth,
         })
     }
+}
+
+/// SPEC A3: the nonce secret shared by instances.
+fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
+    let shown = path.display();
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::Invalid(format!("--auth-secret-file {shown}: {e}")))?;
+    Secret::from_file_bytes(bytes)
+        .map_err(|e| ConfigError::Invalid(format!("--auth-secret-file {shown}: {e}")))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -368,7 +431,13 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         pending_expires,
         t1_ms,
         publish_backoff,
-        publish_max_attempts
+        publish_max_attempts,
+        auth,
+        auth_algorithms,
+        auth_secret_file,
+        nonce_expires,
+        auth_fail_limit,
+        auth_ban
     )
 }
 

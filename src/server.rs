@@ -191,16 +191,32 @@ pub async fn roles(
     shutdown: CancellationToken,
 ) -> Result<Roles, ServerError> {
     let role = match settings.role {
-        Role::Registrar => Active::Registrar(Box::new(Registrar::new(
-            store,
-            RegistrarConfig {
-                policies: settings.policies.clone(),
-                case_sensitive: settings.case_sensitive,
-                domains: settings.domains.clone(),
-                retry_after: settings.retry_after,
-                max_in_flight: MAX_IN_FLIGHT,
-            },
-        ))),
+        Role::Registrar => {
+            if let Some(domains) = settings.auth.off_description() {
+                tracing::warn!(
+                    domains,
+                    "authentication is off: anyone who can reach the listeners can register, \
+                     change or remove the bindings of these domains"
+                );
+            }
+            if settings.auth.secret.is_none() {
+                tracing::info!(
+                    "nonces sealed with a secret of this process: other instances will not \
+                     accept them (--auth-secret-file shares one)"
+                );
+            }
+            Active::Registrar(Box::new(Registrar::new(
+                store,
+                RegistrarConfig {
+                    policies: settings.policies.clone(),
+                    case_sensitive: settings.case_sensitive,
+                    domains: settings.domains.clone(),
+                    retry_after: settings.retry_after,
+                    max_in_flight: MAX_IN_FLIGHT,
+                    auth: settings.auth.clone(),
+                },
+            )))
+        }
         Role::Pcscf => {
             let config = pcscf_config(settings, first_listen).await?;
             tracing::info!(scscf = %config.scscf.addr, identity = %config.identity.uri, "P-CSCF");

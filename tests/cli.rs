@@ -39,32 +39,38 @@ fn assert_one_line_failure(o: &Output, mentions: &str) {
 both_backends!(c5_migrate_applies_then_reports_up_to_date, |db| {
     let drop = match db.backend() {
         Backend::Postgres => {
-            "DROP TABLE location, pcscf_location, refinery_schema_history, version"
+            "DROP TABLE location, pcscf_location, subscriber, refinery_schema_history, version"
         }
         Backend::Sqlite => {
-            "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE refinery_schema_history"
+            "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE subscriber; \
+             DROP TABLE refinery_schema_history"
         }
     };
     db.exec(drop).await;
     let first = registrar(&db.url, &["migrate"]);
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(
-        stdout(&first).contains("applied V1__location, V2__pcscf_location"),
+        stdout(&first).contains("applied V1__location, V2__pcscf_location, V3__subscriber"),
         "{}",
         stdout(&first)
     );
     let second = registrar(&db.url, &["migrate"]);
     assert!(
-        stdout(&second).contains("schema up to date at version 2"),
+        stdout(&second).contains("schema up to date at version 3"),
         "{}",
         stdout(&second)
     );
     if db.backend() == Backend::Postgres {
-        // S6: Kamailio's version table says location is at version 9.
+        // S6: Kamailio's version table says location is at version 9; A2: subscriber at 7.
         assert_eq!(
             db.scalar("SELECT table_version::bigint FROM version WHERE table_name = 'location'")
                 .await,
             9
+        );
+        assert_eq!(
+            db.scalar("SELECT table_version::bigint FROM version WHERE table_name = 'subscriber'")
+                .await,
+            7
         );
     }
 });
@@ -245,6 +251,116 @@ both_backends!(c4_pcontacts_show_and_dump, |db| {
     assert!(stdout(&by_impu).contains("DEREG_PENDING_PUBLISH"));
     let dump = registrar(&db.url, &["pcontacts", "dump"]);
     assert!(stdout(&dump).contains("1 pcontact(s)"));
+});
+
+/// Runs the binary with `input` on its standard input.
+fn registrar_with_stdin(url: &str, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registrar"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run registrar");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+both_backends!(a7_users_add_passwd_rm_list_never_show_secrets, |db| {
+    let add = registrar(
+        &db.url,
+        &[
+            "users",
+            "add",
+            "sip:Alice@Example.COM",
+            "--password",
+            "s3cret",
+        ],
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert_eq!(stdout(&add).trim(), "added user sip:alice@example.com");
+    let ha1 = registrar::auth::digest::ha1(
+        registrar::auth::Algorithm::Md5,
+        "alice",
+        "example.com",
+        "s3cret",
+    );
+    let stored = db
+        .scalar(&format!(
+            "SELECT count(*) FROM subscriber WHERE username = 'alice' AND domain = 'example.com' \
+             AND ha1 = '{ha1}' AND password = '' AND ha1b <> '' AND length(ha1_sha256) = 64"
+        ))
+        .await;
+    assert_eq!(stored, 1, "A2: hashes only, keyed as R2 keys the AoR");
+    assert_one_line_failure(
+        &registrar(
+            &db.url,
+            &["users", "add", "sip:alice@example.com", "--password", "x"],
+        ),
+        "exists already",
+    );
+    let from_stdin = registrar_with_stdin(
+        &db.url,
+        &[
+            "users",
+            "passwd",
+            "sip:alice@example.com",
+            "--password-stdin",
+        ],
+        "n3w\n",
+    );
+    assert!(from_stdin.status.success(), "{}", stderr(&from_stdin));
+    let new_ha1 = registrar::auth::digest::ha1(
+        registrar::auth::Algorithm::Md5,
+        "alice",
+        "example.com",
+        "n3w",
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM subscriber WHERE ha1 = '{new_ha1}'"
+        ))
+        .await,
+        1
+    );
+    for list in [
+        registrar(&db.url, &["users", "list"]),
+        registrar(&db.url, &["users", "list", "--json"]),
+    ] {
+        let out = stdout(&list);
+        assert!(out.contains("sip:alice@example.com"), "{out}");
+        assert!(!out.contains(&new_ha1) && !out.contains("n3w"), "A7: {out}");
+    }
+    let json: Value =
+        serde_json::from_str(&stdout(&registrar(&db.url, &["users", "list", "--json"]))).unwrap();
+    assert_eq!(json[0]["credentials"][0], "ha1");
+    assert_one_line_failure(
+        &registrar(&db.url, &["users", "add", "sip:bob@example.com"]),
+        "--password",
+    );
+    assert_one_line_failure(
+        &registrar_with_stdin(
+            &db.url,
+            &["users", "add", "sip:bob@example.com", "--password-stdin"],
+            "",
+        ),
+        "empty",
+    );
+    let rm = registrar(&db.url, &["users", "rm", "sip:alice@example.com"]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    assert_one_line_failure(
+        &registrar(&db.url, &["users", "rm", "sip:alice@example.com"]),
+        "no user",
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM subscriber").await, 0);
 });
 
 #[test]

@@ -5,7 +5,7 @@
 mod support;
 
 use registrar::registrar::{
-    Contacts, Outcome, Policy, Refusal, Register, RequestedContact, register,
+    Contacts, Outcome, Policy, Refusal, Register, RequestedContact, register_administratively,
 };
 use registrar::store::{Aor, Store};
 
@@ -45,7 +45,7 @@ async fn storm(a: &Store, b: &Store, policy: &Policy) -> usize {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
         let policy = policy.clone();
         tasks.push(tokio::spawn(async move {
-            register(&store, &policy, &request(i)).await
+            register_administratively(&store, &policy, &request(i)).await
         }));
     }
     let mut accepted = 0;
@@ -115,7 +115,7 @@ both_backends!(s2_a_refused_register_does_not_fail_its_batch, |db| {
             list[0].uri = "sip:evil@10.6.6.6".into();
         }
         tasks.push(tokio::spawn(async move {
-            register(&store, &Policy::default(), &wanted)
+            register_administratively(&store, &Policy::default(), &wanted)
                 .await
                 .map(|r| r.outcome)
         }));

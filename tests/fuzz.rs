@@ -1,11 +1,13 @@
 //! SPEC R15: random and mutated messages through the whole request path — parse, checks,
 //! registrar decision, database, response serialization — never panic, and the server keeps
 //! answering. Seeds are RFC 4475's torture messages and typical REGISTERs; mutations flip,
-//! insert, delete and splice bytes and SIP tokens.
+//! insert, delete and splice bytes and SIP tokens. With authentication on (SPEC A4, H2), random
+//! and mutated `Authorization` values get a small 400/401/403 and never write.
 
 mod support;
 
 use proptest::prelude::*;
+use registrar::auth::AuthMode;
 use registrar::config::{Overrides, Settings};
 use registrar::server::{Roles, roles};
 use registrar::sip::outbound::{Destination, Outbound, SendFuture};
@@ -25,20 +27,37 @@ impl Outbound for Nowhere {
 struct Rig {
     runtime: tokio::runtime::Runtime,
     handler: Roles,
-    _db: support::TestDb,
+    db: support::TestDb,
 }
 
-/// One SQLite-backed registrar for the whole property run.
-fn rig() -> &'static Rig {
-    static RIG: OnceLock<Rig> = OnceLock::new();
-    RIG.get_or_init(|| {
+/// One SQLite-backed registrar per authentication mode for the whole property run.
+fn rig(auth: AuthMode) -> &'static Rig {
+    static OFF: OnceLock<Rig> = OnceLock::new();
+    static DIGEST: OnceLock<Rig> = OnceLock::new();
+    let cell = match auth {
+        AuthMode::Off => &OFF,
+        AuthMode::Digest => &DIGEST,
+    };
+    cell.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let db = runtime.block_on(support::TestDb::sqlite());
-        let settings = Settings::load(None, Some(db.url.clone()), Overrides::default()).unwrap();
+        if auth == AuthMode::Digest {
+            runtime.block_on(support::digest::add_user(
+                &db,
+                "alice",
+                "example.com",
+                "secret",
+            ));
+        }
+        let flags = Overrides {
+            auth: Some(auth),
+            ..Overrides::default()
+        };
+        let settings = Settings::load(None, Some(db.url.clone()), flags).unwrap();
         let handler = runtime
             .block_on(roles(
                 &settings,
@@ -52,7 +71,7 @@ fn rig() -> &'static Rig {
         Rig {
             runtime,
             handler,
-            _db: db,
+            db,
         }
     })
 }
@@ -67,7 +86,11 @@ fn origin(transport: Transport) -> Origin {
 }
 
 fn run(bytes: &[u8]) -> Option<Vec<u8>> {
-    let rig = rig();
+    run_with(AuthMode::Off, bytes)
+}
+
+fn run_with(auth: AuthMode, bytes: &[u8]) -> Option<Vec<u8>> {
+    let rig = rig(auth);
     rig.runtime
         .block_on(respond(&rig.handler, bytes, origin(Transport::Udp)))
 }
@@ -211,6 +234,59 @@ proptest! {
             prop_assert!(reply.starts_with(b"SIP/2.0 "), "{}", String::from_utf8_lossy(&reply));
             prop_assert!(registrar::sip::wire::parse(&reply).is_ok());
         }
+    }
+}
+
+/// A REGISTER for alice whose credentials were computed with a wrong password, so that no
+/// mutation of them can authenticate.
+fn wrongly_authorized(authorization: &str) -> Vec<u8> {
+    support::sip::RegisterMsg::new("alice")
+        .contact("<sip:alice@10.0.0.1>")
+        .header(authorization)
+        .text()
+        .into_bytes()
+}
+
+fn wrong_credentials() -> String {
+    // A nonce this rig never issued: the mutations exercise the parser and the nonce checks.
+    let challenge = support::digest::Challenge {
+        realm: "example.com".into(),
+        nonce: "00000191a8c2e5f0aabbccddeeff00112233445566778899aabbccddeeff0011".into(),
+        opaque: Some("0011223344556677".into()),
+        algorithm: registrar::auth::Algorithm::Md5,
+        qop: Some("auth".into()),
+        stale: false,
+    };
+    challenge.answer("alice", "wrong", "sip:example.com", 1)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// SPEC A4/H2: random and mutated `Authorization` headers through the whole path.
+    #[test]
+    fn a4_h2_random_authorization_is_refused_small_and_writes_nothing(
+        random in proptest::collection::vec(any::<u8>(), 0..300),
+        mutations in proptest::collection::vec(mutation(), 1..4),
+        pick in 0u8..3,
+    ) {
+        let header = match pick {
+            0 => format!("Authorization: {}", String::from_utf8_lossy(&random).replace(['\r', '\n'], " ")),
+            1 => String::from_utf8_lossy(&mutate(wrong_credentials().into_bytes(), &mutations)).into_owned(),
+            _ => format!("Authorization: Digest {}", String::from_utf8_lossy(&random).replace(['\r', '\n'], " ")),
+        };
+        let request = wrongly_authorized(&header);
+        if let Some(reply) = run_with(AuthMode::Digest, &request) {
+            let text = String::from_utf8_lossy(&reply);
+            prop_assert!(
+                text.starts_with("SIP/2.0 400 ") || text.starts_with("SIP/2.0 401 ") || text.starts_with("SIP/2.0 403 "),
+                "{header:?} -> {text}"
+            );
+            prop_assert!(reply.len() <= (3 * request.len()).max(1300), "H2: {} bytes for {}", reply.len(), request.len());
+        }
+        let rig = rig(AuthMode::Digest);
+        let written = rig.runtime.block_on(rig.db.scalar("SELECT count(*) FROM location"));
+        prop_assert_eq!(written, 0);
     }
 }
 

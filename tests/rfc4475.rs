@@ -94,7 +94,11 @@ both_backends!(r11_r12_every_torture_message_gets_its_answer, |db| {
 
 /// Sends one REGISTER file to a fresh server on this database and returns the status.
 async fn register_file(db: &support::TestDb, file: &str) -> u16 {
-    let server = start(db, Overrides::default()).await;
+    register_file_with(db, file, Overrides::default()).await
+}
+
+async fn register_file_with(db: &support::TestDb, file: &str, flags: Overrides) -> u16 {
+    let server = start(db, flags).await;
     let ua = Udp::to(&server).await;
     ua.send_bytes(&corpus(file)).await;
     let code = ua.recv(Duration::from_secs(3)).await.expect(file).code;
@@ -167,6 +171,18 @@ both_backends!(r12_cparam02_param_is_inside_the_uri, |db| {
 
 both_backends!(r12_regaut01_is_a_query, |db| {
     assert_eq!(register_file(db, "invalid/regaut01.dat").await, 200);
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 0);
+});
+
+both_backends!(a8_regaut01_is_challenged_with_auth_on, |db| {
+    let flags = Overrides {
+        auth: Some(registrar::auth::AuthMode::Digest),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        register_file_with(db, "invalid/regaut01.dat", flags).await,
+        401
+    );
     assert_eq!(db.scalar("SELECT count(*) FROM location").await, 0);
 });
 

@@ -4,7 +4,7 @@ mod support;
 
 use chrono::{TimeDelta, Utc};
 use registrar::store::{
-    Aor, Backend, Binding, ContactAddress, Plan, RegState, Removal, StoreError,
+    Aor, Backend, Binding, ContactAddress, Plan, Reads, RegState, Removal, StoreError,
 };
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ fn insert(b: Binding) -> Plan<()> {
 both_backends!(s1_binding_round_trips_every_column, |db| {
     let applied = db
         .store
-        .update_aor(&aor(), |snap| {
+        .update_aor(&aor(), Reads::Bindings, |snap| {
             insert(full_binding("sip:alice@192.0.2.1:5060", snap.now))
         })
         .await
@@ -67,7 +67,7 @@ both_backends!(s1_binding_round_trips_every_column, |db| {
 // S1: an unspecified q is stored as −1 (Kamailio's convention) and read back as None.
 both_backends!(s1_unspecified_q_is_minus_one, |db| {
     db.store
-        .update_aor(&aor(), |snap| {
+        .update_aor(&aor(), Reads::Bindings, |snap| {
             insert(Binding {
                 q: None,
                 instance: None,
@@ -91,7 +91,7 @@ both_backends!(s1_unspecified_q_is_minus_one, |db| {
 both_backends!(s1_expired_rows_are_invisible_and_overwritten, |db| {
     let first = db
         .store
-        .update_aor(&aor(), |snap| {
+        .update_aor(&aor(), Reads::Bindings, |snap| {
             insert(full_binding("sip:alice@192.0.2.1", snap.now))
         })
         .await
@@ -110,7 +110,7 @@ both_backends!(s1_expired_rows_are_invisible_and_overwritten, |db| {
 
     let second = db
         .store
-        .update_aor(&aor(), |snap| {
+        .update_aor(&aor(), Reads::Bindings, |snap| {
             assert!(snap.bindings.is_empty());
             insert(full_binding("sip:alice@192.0.2.1", snap.now))
         })
@@ -124,7 +124,7 @@ both_backends!(s1_expired_rows_are_invisible_and_overwritten, |db| {
     // Same instance and reg-id at a different contact: the expired row yields too.
     db.exec(&aged).await;
     db.store
-        .update_aor(&aor(), |snap| {
+        .update_aor(&aor(), Reads::Bindings, |snap| {
             insert(full_binding("sip:alice@198.51.100.1", snap.now))
         })
         .await
@@ -136,14 +136,16 @@ both_backends!(s1_expired_rows_are_invisible_and_overwritten, |db| {
 both_backends!(s2_update_keeps_identity, |db| {
     let first = db
         .store
-        .update_aor(&aor(), |snap| insert(full_binding("sip:a@h", snap.now)))
+        .update_aor(&aor(), Reads::Bindings, |snap| {
+            insert(full_binding("sip:a@h", snap.now))
+        })
         .await
         .unwrap()
         .bindings[0]
         .clone();
     let applied = db
         .store
-        .update_aor(&aor(), |snap| {
+        .update_aor(&aor(), Reads::Bindings, |snap| {
             let mut b = snap.bindings[0].clone();
             b.expires = snap.now + TimeDelta::seconds(3600);
             b.cseq = 5;
@@ -166,7 +168,7 @@ both_backends!(s2_update_keeps_identity, |db| {
 both_backends!(s2_failed_plan_writes_nothing, |db| {
     let result = db
         .store
-        .update_aor(&aor(), |snap| {
+        .update_aor(&aor(), Reads::Bindings, |snap| {
             let mut plan = insert(full_binding("sip:a@h", snap.now));
             // The same ruid twice violates the unique ruid index on the second row.
             let mut dup = full_binding("sip:b@h", snap.now);
@@ -184,7 +186,7 @@ both_backends!(s2_failed_plan_writes_nothing, |db| {
 both_backends!(c3_remove_by_aor_contact_or_ruid, |db| {
     for c in ["sip:a@h", "sip:b@h", "sip:c@h"] {
         db.store
-            .update_aor(&aor(), |snap| {
+            .update_aor(&aor(), Reads::Bindings, |snap| {
                 insert(Binding {
                     instance: None,
                     ..full_binding(c, snap.now)
@@ -241,7 +243,7 @@ both_backends!(s4_cleanup_respects_grace_and_batches, |db| {
     for i in 0..7 {
         let contact = format!("sip:u@10.0.0.{i}");
         db.store
-            .update_aor(&aor(), move |snap| {
+            .update_aor(&aor(), Reads::Bindings, move |snap| {
                 insert(Binding {
                     instance: None,
                     ..full_binding(&contact, snap.now)
@@ -279,7 +281,7 @@ both_backends!(s4_cleanup_respects_grace_and_batches, |db| {
 both_backends!(s3_migrations_are_idempotent_and_guard_newer_schemas, |db| {
     let again = db.store.migrate().await.unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.version, 2);
+    assert_eq!(again.version, 3);
     db.exec(
         "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
          VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
@@ -288,7 +290,7 @@ both_backends!(s3_migrations_are_idempotent_and_guard_newer_schemas, |db| {
     match db.store.migrate().await {
         Err(StoreError::SchemaTooNew {
             database: 99,
-            binary: 2,
+            binary: 3,
         }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
@@ -354,10 +356,11 @@ both_backends!(s6_time_zone_of_other_writers_does_not_matter, |db| {
 both_backends!(s3_concurrent_migrations_do_not_race, |db| {
     let drop = match db.backend() {
         Backend::Postgres => {
-            "DROP TABLE location, pcscf_location, refinery_schema_history, version"
+            "DROP TABLE location, pcscf_location, subscriber, refinery_schema_history, version"
         }
         Backend::Sqlite => {
-            "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE refinery_schema_history"
+            "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE subscriber; \
+             DROP TABLE refinery_schema_history"
         }
     };
     db.exec(drop).await;
@@ -371,10 +374,10 @@ both_backends!(s3_concurrent_migrations_do_not_race, |db| {
         let report = run.await.unwrap().expect("every instance migrates");
         applied += report.applied.len();
     }
-    assert_eq!(applied, 2, "each migration applied exactly once");
+    assert_eq!(applied, 3, "each migration applied exactly once");
     assert_eq!(
         db.scalar("SELECT count(*) FROM refinery_schema_history")
             .await,
-        2
+        3
     );
 });

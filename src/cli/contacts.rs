@@ -133,7 +133,7 @@ async fn add(
         connection_id: 0,
     };
     let store = connect_briefly(settings).await?;
-    let registration = registrar::register(&store, &policy, &request).await?;
+    let registration = registrar::register_administratively(&store, &policy, &request).await?;
     match registration.outcome {
         Outcome::Registered => {
             let added = registration.bindings.iter().find(|b| b.contact == contact);

@@ -6,6 +6,7 @@ mod migrate;
 mod output;
 mod pcontacts;
 mod serve;
+mod users;
 
 use crate::config::{ConfigError, Overrides, Settings};
 use crate::sip::aor::AorError;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Inspect the P-CSCF's pcontacts (table `pcscf_location`)
     #[command(subcommand)]
     Pcontacts(pcontacts::PcontactsCommand),
+    /// Manage the users that authenticate REGISTERs (table `subscriber`)
+    #[command(subcommand)]
+    Users(users::UsersCommand),
 }
 
 /// Everything a command can fail with, each printed as one line.
@@ -76,6 +80,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Migrate => migrate::run(&settings).await,
         Command::Contacts(cmd) => contacts::run(cmd, &settings).await,
         Command::Pcontacts(cmd) => pcontacts::run(cmd, &settings).await,
+        Command::Users(cmd) => users::run(cmd, &settings).await,
     }
 }
 

@@ -73,10 +73,7 @@ fn run(
     bindings: &[Binding],
     at: DateTime<Utc>,
 ) -> (Outcome, Vec<Binding>) {
-    let snapshot = AorSnapshot {
-        now: at,
-        bindings: bindings.to_vec(),
-    };
+    let snapshot = AorSnapshot::of(at, bindings.to_vec());
     let plan = decide(reg, policy, &snapshot);
     let after = apply(&snapshot, &plan);
     (plan.outcome, after)
@@ -160,10 +157,7 @@ fn r5_lower_cseq_same_call_id_fails_whole_request() {
     let (_, first) = run(&register(vec![contact("sip:a@h")]), &policy, &[], now());
     let mut older = register(vec![contact("sip:b@h"), contact("sip:a@h")]);
     older.cseq = 9;
-    let snapshot = AorSnapshot {
-        now: now(),
-        bindings: first.clone(),
-    };
+    let snapshot = AorSnapshot::of(now(), first.clone());
     let plan = decide(&older, &policy, &snapshot);
     assert_eq!(plan.outcome, Outcome::Refused(Refusal::INVALID_CSEQ));
     assert_eq!(
@@ -181,17 +175,11 @@ fn r5_equal_cseq_is_a_retransmission_within_20_s_else_400() {
     let policy = Policy::default();
     let reg = register(vec![contact("sip:a@h")]);
     let (_, first) = run(&reg, &policy, &[], now());
-    let snapshot = AorSnapshot {
-        now: now() + TimeDelta::seconds(19),
-        bindings: first.clone(),
-    };
+    let snapshot = AorSnapshot::of(now() + TimeDelta::seconds(19), first.clone());
     let plan = decide(&reg, &policy, &snapshot);
     assert_eq!(plan.outcome, Outcome::Registered);
     assert!(plan.is_unchanged());
-    let snapshot = AorSnapshot {
-        now: now() + TimeDelta::seconds(20),
-        bindings: first,
-    };
+    let snapshot = AorSnapshot::of(now() + TimeDelta::seconds(20), first);
     assert_eq!(
         decide(&reg, &policy, &snapshot).outcome,
         Outcome::Refused(Refusal::INVALID_CSEQ)
@@ -238,10 +226,7 @@ fn r5_expires_zero_removes_only_that_contact() {
         ..contact("sip:zz@h")
     }]);
     unknown.cseq = 12;
-    let snapshot = AorSnapshot {
-        now: now(),
-        bindings: after,
-    };
+    let snapshot = AorSnapshot::of(now(), after);
     assert!(decide(&unknown, &policy, &snapshot).is_unchanged());
 }
 
@@ -308,10 +293,7 @@ fn r4_wildcard_with_stale_cseq_on_same_call_id_removes_nothing() {
     star.contacts = Contacts::Wildcard;
     star.expires_header = Some(0);
     star.cseq = 10; // equal to the stored CSeq of the same Call-ID
-    let snapshot = AorSnapshot {
-        now: now(),
-        bindings: two,
-    };
+    let snapshot = AorSnapshot::of(now(), two);
     let plan = decide(&star, &policy, &snapshot);
     assert_eq!(plan.outcome, Outcome::Refused(Refusal::INVALID_CSEQ));
     assert!(plan.is_unchanged());
@@ -345,10 +327,7 @@ fn r7_max_contacts_refuses_growth_whole() {
     );
     let mut third = register(vec![contact("sip:c@h")]);
     third.cseq = 11;
-    let snapshot = AorSnapshot {
-        now: now(),
-        bindings: two.clone(),
-    };
+    let snapshot = AorSnapshot::of(now(), two.clone());
     let plan = decide(&third, &policy, &snapshot);
     assert_eq!(plan.outcome, Outcome::Refused(Refusal::TOO_MANY));
     assert!(plan.is_unchanged());
@@ -440,14 +419,7 @@ fn duplicate_contacts_in_one_register_make_one_binding() {
 fn query_changes_nothing() {
     let mut reg = register(vec![]);
     reg.contacts = Contacts::None;
-    let plan = decide(
-        &reg,
-        &Policy::default(),
-        &AorSnapshot {
-            now: now(),
-            bindings: vec![],
-        },
-    );
+    let plan = decide(&reg, &Policy::default(), &AorSnapshot::of(now(), vec![]));
     assert_eq!(plan.outcome, Outcome::Registered);
     assert!(plan.is_unchanged());
 }

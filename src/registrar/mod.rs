@@ -12,4 +12,4 @@ pub use request::{
     Contacts, DomainOverride, Policies, Policy, Refusal, Register, RequestedContact, Source,
 };
 pub use role::{Registrar, RegistrarConfig};
-pub use service::{Registration, register, reply_order};
+pub use service::{Registration, register, register_administratively, reply_order};

@@ -1,11 +1,13 @@
 //! The registrar role as the server sees it: a checked SIP request in, a response out.
 //! REGISTER goes through the checks that need no database (R16, R10's option tags, R2–R6
-//! syntax), then through `service::register`; every other method gets R11's answer.
+//! syntax), then the authentication gate (SPEC A, `auth::Authenticator`), then
+//! `service::register`; every other method gets R11's answer.
 
 use super::decide::Outcome;
 use super::extract::register_of;
 use super::request::{Policies, Refusal};
 use super::service::{Registration, register};
+use crate::auth::{Admission, AuthSettings, Authenticator};
 use crate::sip::Origin;
 use crate::sip::header::option_tags;
 use crate::sip::methods::{Capabilities, triage};
@@ -33,11 +35,13 @@ pub struct RegistrarConfig {
     pub retry_after: u32,
     /// REGISTERs processed at once; more are answered 503 at once rather than queued (R13).
     pub max_in_flight: usize,
+    pub auth: AuthSettings,
 }
 
 pub struct Registrar {
     store: Store,
     config: RegistrarConfig,
+    auth: Authenticator,
     in_flight: Arc<Semaphore>,
     overload: Overload,
 }
@@ -65,9 +69,11 @@ impl Overload {
 impl Registrar {
     pub fn new(store: Store, config: RegistrarConfig) -> Registrar {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        let auth = Authenticator::new(config.auth.clone(), config.case_sensitive);
         Registrar {
             store,
             config,
+            auth,
             in_flight,
             overload: Overload::default(),
         }
@@ -98,13 +104,19 @@ impl Registrar {
                 .header("Unsupported", "path")
                 .header("P-Registrar-Error", "No support for found Path indicated");
         }
+        let credentials = match self.auth.admit(request, origin, &wanted.aor) {
+            Admission::Open => None,
+            Admission::Answer(response) => return response,
+            Admission::Verify(verification) => Some(verification),
+        };
         let Ok(_permit) = self.in_flight.try_acquire() else {
             self.overload.note();
             return self.unavailable(request, 503, "Service Unavailable");
         };
         let policy = self.config.policies.for_domain(&wanted.aor.domain);
-        match register(&self.store, &policy, &wanted).await {
-            Ok(registration) => {
+        match register(&self.store, &policy, &wanted, credentials.as_ref()).await {
+            Ok(Err(_denied)) => self.auth.denied(request, origin, &wanted.aor),
+            Ok(Ok(registration)) => {
                 log_change(&registration);
                 match &registration.outcome {
                     Outcome::Registered => registered(request, &registration),

@@ -2,7 +2,7 @@
 //! Kamailio proxy sharing the table computes it, so that its `lookup()` finds our rows (S6).
 
 use super::uri::{Scheme, Uri, UriError};
-use crate::store::Aor;
+use crate::aor::Aor;
 use thiserror::Error;
 
 /// Longest user or host part accepted, as Kamailio's `extract_aor` (248 each): keeps the unique

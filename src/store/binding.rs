@@ -3,31 +3,9 @@
 //!
 //! These are plain data: the store never interprets SIP, it only keeps what the roles hand it.
 
+use super::Subscriber;
+pub use crate::aor::Aor;
 use chrono::{DateTime, Utc};
-use std::fmt;
-
-/// An address-of-record key, already normalized by the SIP layer (SPEC R2): `username` %-decoded
-/// (and lowercased unless case-sensitive), `domain` lowercased.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Aor {
-    pub username: String,
-    pub domain: String,
-}
-
-impl Aor {
-    pub fn new(username: impl Into<String>, domain: impl Into<String>) -> Self {
-        Aor {
-            username: username.into(),
-            domain: domain.into(),
-        }
-    }
-}
-
-impl fmt::Display for Aor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.username, self.domain)
-    }
-}
 
 /// One binding of an AoR to a contact: every column of `location`.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,11 +61,23 @@ pub(crate) fn q_from_column(q: f64) -> Option<u16> {
     (q >= 0.0).then(|| (q.min(1.0) * 1000.0).round() as u16)
 }
 
-/// The live bindings of one AoR as read under its lock, with the `now` of that read.
+/// The live bindings of one AoR as read under its lock, with the `now` of that read, and the
+/// AoR's subscriber row when the change asked for it (`Reads::WithSubscriber`).
 #[derive(Clone, Debug)]
 pub struct AorSnapshot {
     pub now: DateTime<Utc>,
     pub bindings: Vec<Binding>,
+    pub subscriber: Option<Subscriber>,
+}
+
+/// What a change reads under the AoR's lock besides its bindings: an authenticated REGISTER
+/// also needs the AoR's credentials (SPEC A4), read in the same transaction (in a batch, one
+/// statement for all its REGISTERs) instead of a round trip of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reads {
+    #[default]
+    Bindings,
+    WithSubscriber,
 }
 
 /// What a role decided for one AoR: the rows to delete, rewrite and insert, and the outcome it
@@ -108,6 +98,16 @@ impl<T> Plan<T> {
             update: Vec::new(),
             insert: Vec::new(),
             outcome,
+        }
+    }
+
+    /// The same changes with the outcome turned into another.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Plan<U> {
+        Plan {
+            delete: self.delete,
+            update: self.update,
+            insert: self.insert,
+            outcome: f(self.outcome),
         }
     }
 
@@ -183,6 +183,16 @@ impl AorSnapshot {
         AorSnapshot {
             now,
             bindings: rows.iter().filter(|b| b.is_live(now)).cloned().collect(),
+            subscriber: None,
+        }
+    }
+
+    /// These bindings as they are at `now`, nothing else read (tests, dumps).
+    pub fn of(now: DateTime<Utc>, bindings: Vec<Binding>) -> AorSnapshot {
+        AorSnapshot {
+            now,
+            bindings,
+            subscriber: None,
         }
     }
 }

@@ -9,7 +9,7 @@
 //! AoR's rows, read under its AoR's lock. When the shared work fails, the REGISTERs are retried
 //! one by one, so only a REGISTER that fails on its own gets an error.
 
-use super::{Aor, AorSnapshot, Applied, Plan, StoreError};
+use super::{Aor, AorSnapshot, Applied, Plan, Reads, StoreError};
 use std::any::Any;
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -22,6 +22,7 @@ pub(crate) type Decide = Box<dyn Fn(&AorSnapshot) -> Plan<Outcome> + Send + Sync
 
 pub(crate) struct Job {
     pub aor: Aor,
+    pub reads: Reads,
     pub decide: Decide,
     reply: oneshot::Sender<Result<Applied<Outcome>, StoreError>>,
 }
@@ -52,23 +53,22 @@ impl Coalescer {
         Coalescer { queue }
     }
 
-    pub async fn submit<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
+    pub async fn submit<T, F>(
+        &self,
+        aor: &Aor,
+        reads: Reads,
+        decide: F,
+    ) -> Result<Applied<T>, StoreError>
     where
         F: Fn(&AorSnapshot) -> Plan<T> + Send + Sync + 'static,
         T: Send + 'static,
     {
-        let decide: Decide = Box::new(move |snapshot| {
-            let plan = decide(snapshot);
-            Plan {
-                delete: plan.delete,
-                update: plan.update,
-                insert: plan.insert,
-                outcome: Box::new(plan.outcome) as Outcome,
-            }
-        });
+        let decide: Decide =
+            Box::new(move |snapshot| decide(snapshot).map(|o| Box::new(o) as Outcome));
         let (reply, answer) = oneshot::channel();
         let job = Job {
             aor: aor.clone(),
+            reads,
             decide,
             reply,
         };
@@ -173,10 +173,7 @@ mod tests {
             Ok(jobs
                 .iter()
                 .map(|j| {
-                    let plan = (j.decide)(&AorSnapshot {
-                        now,
-                        bindings: vec![],
-                    });
+                    let plan = (j.decide)(&AorSnapshot::of(now, vec![]));
                     Applied {
                         outcome: plan.outcome,
                         now,
@@ -202,7 +199,7 @@ mod tests {
             };
             tasks.push(tokio::spawn(async move {
                 let aor = Aor::new(user, "x");
-                c.submit(&aor, move |_| Plan::unchanged(n))
+                c.submit(&aor, Reads::Bindings, move |_| Plan::unchanged(n))
                     .await
                     .map(|a| a.outcome)
             }));
@@ -233,9 +230,11 @@ mod tests {
         for n in 0..5 {
             let c = coalescer.clone();
             tasks.push(tokio::spawn(async move {
-                c.submit(&Aor::new("same", "x"), move |_| Plan::unchanged(n))
-                    .await
-                    .map(|a| a.outcome)
+                c.submit(&Aor::new("same", "x"), Reads::Bindings, move |_| {
+                    Plan::unchanged(n)
+                })
+                .await
+                .map(|a| a.outcome)
             }));
         }
         for t in tasks {

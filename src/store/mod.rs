@@ -12,8 +12,9 @@ mod migrate;
 mod pcontact;
 mod postgres;
 mod sqlite;
+mod subscriber;
 
-pub use binding::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, Written};
+pub use binding::{Aor, AorSnapshot, Applied, Binding, Plan, Reads, Removal, Written};
 pub use error::StoreError;
 pub use migrate::MigrationReport;
 pub use pcontact::{
@@ -22,6 +23,7 @@ pub use pcontact::{
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use subscriber::{Credentials, Subscriber};
 
 use std::time::{Duration, Instant};
 
@@ -97,13 +99,19 @@ impl Store {
     /// write, commit. Returns the decision's outcome and the live bindings afterwards.
     ///
     /// `decide` may be called more than once (a REGISTER retried alone after its shared batch
-    /// failed); it must be a pure function of the snapshot.
-    pub async fn update_aor<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
+    /// failed); it must be a pure function of the snapshot. `reads` says whether the snapshot
+    /// also carries the AoR's subscriber row (an authenticated REGISTER, SPEC A4).
+    pub async fn update_aor<T, F>(
+        &self,
+        aor: &Aor,
+        reads: Reads,
+        decide: F,
+    ) -> Result<Applied<T>, StoreError>
     where
         F: Fn(&AorSnapshot) -> Plan<T> + Send + Sync + 'static,
         T: Send + 'static,
     {
-        dispatch!(self, s => s.update_aor(aor, decide).await)
+        dispatch!(self, s => s.update_aor(aor, reads, decide).await)
     }
 
     /// The live bindings of one AoR, read without taking its lock.
@@ -205,6 +213,39 @@ impl Store {
     /// Deletes a claimed pcontact once its PUBLISH work is over, if `owner` still holds it.
     pub async fn finish_claim(&self, id: i64, owner: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.finish_claim(id, owner).await)
+    }
+
+    /// The subscriber row of an AoR (SPEC A2), if the user exists.
+    pub async fn subscriber(&self, aor: &Aor) -> Result<Option<Subscriber>, StoreError> {
+        dispatch!(self, s => s.subscriber(aor).await)
+    }
+
+    /// Every subscriber, ordered by domain and user.
+    pub async fn subscribers(&self) -> Result<Vec<Subscriber>, StoreError> {
+        dispatch!(self, s => s.subscribers().await)
+    }
+
+    /// Creates a user with these hashes; `false` when the user exists already (SPEC A7).
+    pub async fn add_subscriber(
+        &self,
+        aor: &Aor,
+        credentials: &Credentials,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.add_subscriber(aor, credentials).await)
+    }
+
+    /// Replaces a user's credentials (clearing any plaintext); `false` when there is no user.
+    pub async fn set_credentials(
+        &self,
+        aor: &Aor,
+        credentials: &Credentials,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_credentials(aor, credentials).await)
+    }
+
+    /// Deletes a user; `false` when there was none.
+    pub async fn remove_subscriber(&self, aor: &Aor) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.remove_subscriber(aor).await)
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

@@ -52,6 +52,29 @@ pub async fn respond<H: Handler>(handler: &H, bytes: &[u8], origin: Origin) -> O
         .map(|r| r.to_bytes())
 }
 
+/// Headers for a debug log line, credentials blanked (SPEC A7: no `Authorization` value is
+/// ever logged).
+struct Redacted<'a>(&'a [crate::sip::wire::Header]);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|h| {
+                let secret = h.name.eq_ignore_ascii_case("Authorization")
+                    || h.name.eq_ignore_ascii_case("Proxy-Authorization");
+                (
+                    h.name.as_str(),
+                    if secret {
+                        "<redacted>"
+                    } else {
+                        h.value.as_str()
+                    },
+                )
+            }))
+            .finish()
+    }
+}
+
 /// Passes one parsed message to the handler inside a span naming the request (Call-ID,
 /// method, and the AoR the role records), after stamping the top Via of a request (R1).
 async fn dispatch<H: Handler>(
@@ -70,7 +93,7 @@ async fn dispatch<H: Handler>(
         stamp_top_via(&mut message, origin.peer);
     }
     async move {
-        tracing::debug!(headers = ?message.headers, "received");
+        tracing::debug!(headers = ?Redacted(&message.headers), "received");
         let response = handler.handle(message, origin).await;
         if let Some(r) = &response {
             tracing::debug!(code = r.code, "answered");

@@ -35,7 +35,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 run_backend() {
   local name="$1" url="$2"; shift 2
   local port; port="$(free_port)"
-  "$bin" --database-url "$url" serve --listen "udp:127.0.0.1:$port" > "$work/$name.log" 2>&1 &
+  "$bin" --database-url "$url" serve --auth off --listen "udp:127.0.0.1:$port" > "$work/$name.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do
     grep -q listening "$work/$name.log" && break

@@ -2,6 +2,7 @@
 //! one test body on both (STYLE: the same body, not two copies).
 #![allow(dead_code)]
 
+pub mod digest;
 pub mod pg;
 pub mod proxy;
 pub mod scscf;

@@ -13,9 +13,12 @@ use tokio::net::{TcpStream, UdpSocket};
 use super::TestDb;
 
 /// Starts `serve` in-process against the test database on 127.0.0.1, UDP and TCP, port 0.
+/// Authentication is off unless `flags` turn it on: the rules of sections R and P are tested
+/// without it (SPEC A1), section A's tests ask for it.
 pub async fn start(db: &TestDb, flags: Overrides) -> Running {
     let flags = Overrides {
         listen: vec!["udp:127.0.0.1:0".into(), "tcp:127.0.0.1:0".into()],
+        auth: flags.auth.or(Some(registrar::auth::AuthMode::Off)),
         ..flags
     };
     let settings = Settings::load(None, Some(db.url.clone()), flags).expect("settings");
@@ -77,7 +80,12 @@ pub struct Udp {
 
 impl Udp {
     pub async fn to(server: &Running) -> Udp {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Udp::from_ip(server, "127.0.0.1").await
+    }
+
+    /// A client on another loopback address (Linux routes all of 127.0.0.0/8 to lo).
+    pub async fn from_ip(server: &Running, ip: &str) -> Udp {
+        let socket = UdpSocket::bind((ip, 0)).await.unwrap();
         Udp {
             socket,
             server: server.udp[0],

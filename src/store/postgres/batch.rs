@@ -3,17 +3,18 @@
 //! (so concurrent batches cannot deadlock); one read of all their rows with the database's
 //! `now`, taken after the locks; each REGISTER decided on its own AoR's rows; at most three
 //! multi-row writes (delete, update, insert); COMMIT. Five round trips for the usual batch,
-//! whatever its size.
+//! whatever its size; six when its REGISTERs authenticate (one read of their credentials).
 //!
 //! Lock and read stay two statements: a PL/pgSQL function doing both saved a round trip but
 //! cost ~200 µs more PostgreSQL CPU per call (pgbench: 7,700 against 12,700 lock-and-read
 //! transactions/s on two cores), and under load CPU is what runs out first.
 
 use super::rows::{BINDING_COLUMNS, BindingArrays, FieldArrays, binding};
+use super::subscriber::read_subscribers;
 use super::{AOR_LOCK_NAMESPACE, PgStore};
 use crate::store::binding::expired_conflicts;
 use crate::store::coalesce::{Batch, Job, Outcome};
-use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, StoreError};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Reads, StoreError, Subscriber};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::sync::LazyLock;
@@ -75,10 +76,13 @@ impl Batch for PgStore {
             .await?;
         let aors: Vec<&Aor> = jobs.iter().map(|j| &j.aor).collect();
         let (now, mut rows) = read_aors(&mut tx, &aors).await?;
+        let mut subscribers = subscribers_wanted(&mut tx, jobs).await?;
         let mut plans: Vec<Plan<Outcome>> = Vec::with_capacity(jobs.len());
         let (mut delete, mut update, mut insert) = (Vec::new(), Vec::new(), Vec::new());
-        for (job, rows) in jobs.iter().zip(&rows) {
-            let plan = (job.decide)(&AorSnapshot::live(rows, now));
+        for ((job, rows), subscriber) in jobs.iter().zip(&rows).zip(subscribers.iter_mut()) {
+            let mut snapshot = AorSnapshot::live(rows, now);
+            snapshot.subscriber = subscriber.take();
+            let plan = (job.decide)(&snapshot);
             delete.extend(plan.delete.iter().copied());
             delete.extend(expired_conflicts(&plan, rows, now));
             update.extend(plan.update.iter().cloned());
@@ -98,6 +102,32 @@ impl Batch for PgStore {
         }
         Ok(applied)
     }
+}
+
+/// The subscriber row of each job that asked for one (SPEC A4): one statement for the whole
+/// batch, none when no job authenticates.
+async fn subscribers_wanted(
+    conn: &mut PgConnection,
+    jobs: &[Job],
+) -> Result<Vec<Option<Subscriber>>, StoreError> {
+    let wanted: Vec<&Aor> = jobs
+        .iter()
+        .filter(|j| j.reads == Reads::WithSubscriber)
+        .map(|j| &j.aor)
+        .collect();
+    let mut found = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        read_subscribers(conn, &wanted).await?
+    }
+    .into_iter();
+    Ok(jobs
+        .iter()
+        .map(|j| match j.reads {
+            Reads::WithSubscriber => found.next().flatten(),
+            Reads::Bindings => None,
+        })
+        .collect())
 }
 
 /// Every row of every AoR of the batch (expired ones too: their unique keys may stand in the

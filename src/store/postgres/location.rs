@@ -8,18 +8,23 @@
 use super::batch::read_aors;
 use super::rows::{BINDING_COLUMNS, binding};
 use super::{AOR_LOCK_NAMESPACE, PgStore};
-use crate::store::{Aor, AorSnapshot, Applied, Plan, Removal, StoreError};
+use crate::store::{Aor, AorSnapshot, Applied, Plan, Reads, Removal, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::time::Duration;
 
 impl PgStore {
-    pub async fn update_aor<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
+    pub async fn update_aor<T, F>(
+        &self,
+        aor: &Aor,
+        reads: Reads,
+        decide: F,
+    ) -> Result<Applied<T>, StoreError>
     where
         F: Fn(&AorSnapshot) -> Plan<T> + Send + Sync + 'static,
         T: Send + 'static,
     {
-        self.coalescer()?.submit(aor, decide).await
+        self.coalescer()?.submit(aor, reads, decide).await
     }
 
     pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
@@ -42,7 +47,7 @@ impl PgStore {
             .fetch_all(&mut *conn)
             .await?;
         let bindings = rows.iter().map(binding).collect::<Result<_, _>>()?;
-        Ok(AorSnapshot { now, bindings })
+        Ok(AorSnapshot::of(now, bindings))
     }
 
     pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {

@@ -6,6 +6,7 @@ mod batch;
 mod location;
 mod pcscf;
 mod rows;
+mod subscriber;
 
 use super::coalesce::Coalescer;
 use super::error::acquire_error;

@@ -3,10 +3,11 @@
 //! own statement — in-process, a statement costs no round trip; the commit is what is shared.
 
 use super::rows::{BINDING_COLUMNS, binding};
+use super::subscriber::read_subscriber;
 use super::{SqliteStore, now, to_secs};
 use crate::store::binding::{expired_conflicts, q_to_column};
 use crate::store::coalesce::{Batch, Job, Outcome};
-use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Removal, StoreError};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Reads, Removal, StoreError};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -27,12 +28,17 @@ const INSERT_BINDING: &str = "INSERT INTO location (username, domain, ruid, cont
      RETURNING id";
 
 impl SqliteStore {
-    pub async fn update_aor<T, F>(&self, aor: &Aor, decide: F) -> Result<Applied<T>, StoreError>
+    pub async fn update_aor<T, F>(
+        &self,
+        aor: &Aor,
+        reads: Reads,
+        decide: F,
+    ) -> Result<Applied<T>, StoreError>
     where
         F: Fn(&AorSnapshot) -> Plan<T> + Send + Sync + 'static,
         T: Send + 'static,
     {
-        self.coalescer()?.submit(aor, decide).await
+        self.coalescer()?.submit(aor, reads, decide).await
     }
 
     pub async fn live_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
@@ -52,7 +58,7 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         let bindings = rows.iter().map(binding).collect::<Result<_, _>>()?;
-        Ok(AorSnapshot { now, bindings })
+        Ok(AorSnapshot::of(now, bindings))
     }
 
     pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
@@ -109,7 +115,11 @@ impl Batch for SqliteStore {
         let mut done = Vec::with_capacity(jobs.len());
         for job in jobs {
             let rows = read_aor(&mut tx, &job.aor).await?;
-            let plan = (job.decide)(&AorSnapshot::live(&rows, now));
+            let mut snapshot = AorSnapshot::live(&rows, now);
+            if job.reads == Reads::WithSubscriber {
+                snapshot.subscriber = read_subscriber(&mut tx, &job.aor).await?;
+            }
+            let plan = (job.decide)(&snapshot);
             let mut delete = plan.delete.clone();
             delete.extend(expired_conflicts(&plan, &rows, now));
             for id in &delete {

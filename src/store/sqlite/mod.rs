@@ -8,6 +8,7 @@
 mod location;
 mod pcscf;
 mod rows;
+mod subscriber;
 
 use super::coalesce::Coalescer;
 use super::error::acquire_error;
