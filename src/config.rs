@@ -84,75 +84,109 @@ pub struct Overrides {
     #[arg(long = "domain", value_name = "DOMAIN")]
     #[serde(default)]
     pub domains: Vec<String>,
-    /// Shortest non-zero expires accepted; shorter is answered 423 [default: 60]
-    #[arg(long, value_name = "SECONDS")]
+    /// Shortest non-zero expires accepted, 0..=31536000; shorter is answered 423 [default: 60]
+    /// (a global flag: see `cli::PolicyFlags`)
+    #[arg(skip)]
     pub min_expires: Option<u32>,
-    /// Longest expires granted; longer is clamped; 0 = no maximum [default: 3600]
-    #[arg(long, value_name = "SECONDS")]
+    /// Longest expires granted, 0..=31536000; longer is clamped; 0 = no maximum [default: 3600]
+    /// (a global flag: see `cli::PolicyFlags`)
+    #[arg(skip)]
     pub max_expires: Option<u32>,
-    /// Expires when the REGISTER gives none [default: 3600]
-    #[arg(long, value_name = "SECONDS")]
+    /// Expires when the REGISTER gives none, 1..=31536000 [default: 3600]
+    /// (a global flag: see `cli::PolicyFlags`)
+    #[arg(skip)]
     pub default_expires: Option<u32>,
-    /// Most live bindings per AoR; 0 = unlimited [default: 0]
-    #[arg(long, value_name = "N")]
+    /// Most live bindings per AoR, 0..=10000; 0 = unlimited [default: 10]
+    /// (a global flag: see `cli::PolicyFlags`)
+    #[arg(skip)]
     pub max_contacts: Option<u32>,
+    /// Most contacts in one REGISTER, 1..=1000; more is answered 400 [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_contacts_per_register: Option<u32>,
     /// One binding per AoR: a new registration replaces the others (Kamailio save() flag 0x04)
-    #[arg(long, num_args = 0, default_missing_value = "true")]
+    /// (a global flag: see `cli::PolicyFlags`)
+    #[arg(skip)]
     pub single_contact: Option<bool>,
     /// Keep the AoR user part's case (Kamailio case_sensitive=1)
-    #[arg(long, num_args = 0, default_missing_value = "true")]
+    /// (a global flag: see `cli::PolicyFlags`)
+    #[arg(skip)]
     pub case_sensitive: Option<bool>,
-    /// This instance's id, stored in server_id [default: 0]
+    /// This instance's id, stored in server_id, 0..=2147483647 [default: 0]
     #[arg(long, value_name = "N")]
     pub server_id: Option<i32>,
     /// Do not apply migrations at start
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub no_migrate: Option<bool>,
-    /// Seconds between expired-binding cleanups [default: 30]
+    /// Seconds between expired-binding cleanups, 0.1..=86400 [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub cleanup_interval: Option<f64>,
-    /// Seconds a binding stays in the table after expiring [default: 60]
+    /// Seconds a binding stays in the table after expiring, 0..=2592000 [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub cleanup_grace: Option<f64>,
-    /// Largest SIP message accepted, in bytes [default: 65535]
+    /// Largest SIP message accepted, in bytes, 1024..=65535 [default: 65535]
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<usize>,
-    /// Seconds before an idle TCP connection is closed [default: 120]
+    /// Seconds before an idle TCP connection is closed, 0.1..=86400 [default: 120]
     #[arg(long, value_name = "SECONDS")]
     pub tcp_idle_timeout: Option<f64>,
-    /// Retry-After seconds on 500/503 when the database is unavailable or overloaded [default: 5]
+    /// Retry-After seconds on 500/503 when the database is unavailable or overloaded, 0..=3600 [default: 5]
     #[arg(long, value_name = "SECONDS")]
     pub retry_after: Option<u32>,
-    /// Bytes of responses kept to answer UDP retransmissions [default: 16777216]
+    /// Bytes of responses kept to answer UDP retransmissions, 0..=1073741824 [default: 16777216]
     #[arg(long, value_name = "BYTES")]
     pub retrans_cache_bytes: Option<usize>,
-    /// Database connections in the pool [default: 16]
+    /// Database connections in the pool, 1..=1000 [default: 16]
     #[arg(long, value_name = "N")]
     pub db_pool_size: Option<u32>,
-    /// Seconds to wait for an unreachable database at start [default: 30]
+    /// Seconds to wait for an unreachable database at start, 0..=3600 [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub db_connect_timeout: Option<f64>,
-    /// P-CSCF: seconds after expiry during which a REGISTER is refused without PUBLISH [default: 20]
+    /// P-CSCF: seconds after expiry during which a REGISTER is refused without PUBLISH, 0..=3600 [default: 20]
     #[arg(long, value_name = "SECONDS")]
     pub notify_window: Option<f64>,
-    /// P-CSCF: seconds between scans for stale pcontacts [default: 60]
+    /// P-CSCF: seconds between scans for stale pcontacts, 0.1..=86400 [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub audit_interval: Option<f64>,
-    /// P-CSCF: extra seconds past the notify window before the scan PUBLISHes [default: 40]
+    /// P-CSCF: extra seconds past the notify window before the scan PUBLISHes, 0..=86400 [default: 40]
     #[arg(long, value_name = "SECONDS")]
     pub audit_grace: Option<f64>,
-    /// P-CSCF: seconds a new pcontact stays REG_PENDING [default: 30]
+    /// P-CSCF: seconds a new pcontact stays REG_PENDING, 0.1..=3600 [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub pending_expires: Option<f64>,
-    /// P-CSCF: RFC 3261 T1 in milliseconds [default: 500]
+    /// P-CSCF: RFC 3261 T1 in milliseconds, 1..=10000 [default: 500]
     #[arg(long = "t1-ms", value_name = "MS")]
     pub t1_ms: Option<u64>,
-    /// P-CSCF: first pause before a failed PUBLISH is retried, doubling [default: 1]
+    /// P-CSCF: first pause in seconds before a failed PUBLISH is retried, doubling, 0.01..=3600 [default: 1]
     #[arg(long, value_name = "SECONDS")]
     pub publish_backoff: Option<f64>,
-    /// P-CSCF: PUBLISH attempts per identity before giving up [default: 5]
+    /// P-CSCF: PUBLISH attempts per identity before giving up, 1..=100 [default: 5]
     #[arg(long, value_name = "N")]
     pub publish_max_attempts: Option<u32>,
+    /// Seconds within which every request is answered, 0.1..=60 [default: 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub request_deadline: Option<f64>,
+    /// TCP: requests of one connection handled at once, 1..=1024; beyond, it is not read [default: 32]
+    #[arg(long, value_name = "N")]
+    pub tcp_max_inflight: Option<u32>,
+    /// TCP: seconds a write may take before the connection is closed, 0.1..=600 [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub tcp_write_timeout: Option<f64>,
+    /// TCP: seconds from a message's first byte to its last, 0.1..=600 [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub tcp_message_timeout: Option<f64>,
+    /// TCP: connections from one IP address, 1..=65535 [default: 64]
+    #[arg(long, value_name = "N")]
+    pub tcp_max_per_ip: Option<u32>,
+    /// TCP: connections in all, 1..=1000000 [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub tcp_max_connections: Option<u32>,
+    /// SQLite: `full` (a 200 OK survives a power cut) or `normal` (faster, may lose the last commits) [default: full]
+    #[arg(long, value_enum)]
+    pub sqlite_synchronous: Option<crate::store::Synchronous>,
+    /// P-CSCF: a network NOTIFYs are accepted from besides the S-CSCF, e.g. 10.0.0.0/8 (repeatable)
+    #[arg(long = "notify-from", value_name = "CIDR")]
+    #[serde(default)]
+    pub notify_from: Vec<String>,
     /// Registrar: digest authentication of REGISTER against `subscriber` [default: digest]
     #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
@@ -162,13 +196,13 @@ pub struct Overrides {
     /// File whose bytes (at least 32) seal nonces; share it so instances accept each other's [default: a random per-process secret]
     #[arg(long, value_name = "FILE")]
     pub auth_secret_file: Option<std::path::PathBuf>,
-    /// Seconds a nonce stays valid [default: 300]
+    /// Seconds a nonce stays valid, 1..=86400 [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub nonce_expires: Option<f64>,
-    /// Failed authentications per source IP within 60 s before it is banned [default: 10]
+    /// Failed authentications per source IP within 60 s before it is banned, 1..=1000000 [default: 10]
     #[arg(long, value_name = "N")]
     pub auth_fail_limit: Option<u32>,
-    /// Seconds a source IP stays banned after too many failures [default: 300]
+    /// Seconds a source IP stays banned after too many failures, 0..=604800 [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub auth_ban: Option<f64>,
 }
@@ -177,7 +211,7 @@ pub struct Overrides {
 /// whether the domain authenticates (A1).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DomainSection {
+pub(crate) struct DomainSection {
     max_contacts: Option<u32>,
     single_contact: Option<bool>,
     auth: Option<AuthMode>,
@@ -207,11 +241,27 @@ pub struct Settings {
     pub cleanup_interval: Duration,
     pub cleanup_grace: Duration,
     pub max_message_size: usize,
-    pub tcp_idle_timeout: Duration,
+    /// Contacts one REGISTER may carry (H3).
+    pub max_contacts_per_register: usize,
+    /// Every request is answered within this (H6).
+    pub request_deadline: Duration,
+    pub tcp: TcpLimits,
+    pub sqlite_synchronous: crate::store::Synchronous,
     pub retry_after: u32,
     pub retrans_cache_bytes: usize,
     pub pcscf: PcscfSettings,
     pub auth: AuthSettings,
+}
+
+/// What one stream connection, and all of them together, may hold (SPEC H4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TcpLimits {
+    pub idle_timeout: Duration,
+    pub max_inflight: usize,
+    pub write_timeout: Duration,
+    pub message_timeout: Duration,
+    pub max_per_ip: usize,
+    pub max_connections: usize,
 }
 
 /// The P-CSCF role's settings (SPEC P7).
@@ -227,6 +277,58 @@ pub struct PcscfSettings {
     pub t1: Duration,
     pub publish_backoff: Duration,
     pub publish_max_attempts: u32,
+    /// H5: networks besides the S-CSCF's addresses a NOTIFY may come from.
+    pub notify_from: Vec<Cidr>,
+}
+
+/// An IP network, `ADDR/PREFIX` (a bare address is a /32 or /128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("invalid --notify-from '{s}': expected ADDR/PREFIX, e.g. 10.0.0.0/8");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: std::net::IpAddr| -> u128 {
+            match a {
+                std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+                std::net::IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        bits(ip) & mask == bits(self.addr) & mask
+    }
 }
 
 impl Settings {
@@ -246,12 +348,7 @@ impl Settings {
             .or(file.database_url)
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
         let o = merge(file.overrides, flags);
-        let seconds = |v: Option<f64>, default: f64, name: &str| -> Result<Duration, ConfigError> {
-            let v = v.unwrap_or(default);
-            Duration::try_from_secs_f64(v).map_err(|_| {
-                ConfigError::Invalid(format!("--{name} must be a non-negative number of seconds"))
-            })
-        };
+        const YEAR: u32 = 31_536_000;
         let listen = if o.listen.is_empty() {
             vec![
                 "udp:0.0.0.0:5060".to_string(),
@@ -265,17 +362,17 @@ impl Settings {
             .map(|l| l.parse())
             .collect::<Result<Vec<ListenAddr>, _>>()?;
         let base = Policy {
-            min_expires: o.min_expires.unwrap_or(60),
-            max_expires: o.max_expires.unwrap_or(3600),
-            default_expires: o.default_expires.unwrap_or(3600),
-            max_contacts: o.max_contacts.unwrap_or(0),
+            min_expires: ranged(o.min_expires, 60, "min-expires", 0, YEAR)?,
+            max_expires: ranged(o.max_expires, 3600, "max-expires", 0, YEAR)?,
+            default_expires: ranged(o.default_expires, 3600, "default-expires", 1, YEAR)?,
+            max_contacts: ranged(o.max_contacts, 10, "max-contacts", 0, 10_000)?,
             single_contact: o.single_contact.unwrap_or(false),
-            server_id: o.server_id.unwrap_or(0),
+            server_id: ranged(o.server_id, 0, "server-id", 0, i32::MAX)?,
             ..Policy::default()
         };
-        if base.default_expires == 0 {
+        if base.max_expires > 0 && base.min_expires > base.max_expires {
             return Err(ConfigError::Invalid(
-                "--default-expires must be above 0".into(),
+                "--min-expires must not exceed --max-expires".into(),
             ));
         }
         let mut domains_overrides = HashMap::new();
@@ -285,10 +382,14 @@ impl Settings {
             if let Some(mode) = section.auth {
                 auth_domains.insert(domain.clone(), mode);
             }
+            let max_contacts = match section.max_contacts {
+                Some(m) => Some(ranged(Some(m), 0, "max-contacts", 0, 10_000)?),
+                None => None,
+            };
             domains_overrides.insert(
                 domain,
                 DomainOverride {
-                    max_contacts: section.max_contacts,
+                    max_contacts,
                     single_contact: section.single_contact,
                 },
             );
@@ -302,32 +403,70 @@ impl Settings {
                 None => AuthSettings::default().algorithms,
             },
             secret: o.auth_secret_file.as_deref().map(read_secret).transpose()?,
-            nonce_expires: seconds(o.nonce_expires, 300.0, "nonce-expires")?,
-            fail_limit: o.auth_fail_limit.unwrap_or(10),
-            ban: seconds(o.auth_ban, 300.0, "auth-ban")?,
+            nonce_expires: seconds(o.nonce_expires, 300.0, "nonce-expires", 1.0, 86_400.0)?,
+            fail_limit: ranged(o.auth_fail_limit, 10, "auth-fail-limit", 1, 1_000_000)?,
+            ban: seconds(o.auth_ban, 300.0, "auth-ban", 0.0, 604_800.0)?,
         };
         let role = o.role.unwrap_or(Role::Registrar);
+        let notify_from = o
+            .notify_from
+            .iter()
+            .map(|c| c.parse::<Cidr>().map_err(ConfigError::Invalid))
+            .collect::<Result<Vec<_>, _>>()?;
         let pcscf = PcscfSettings {
             scscf: o.scscf.clone(),
             pcscf_uri: o.pcscf_uri.clone(),
             publish_to: o.publish_to.clone(),
-            notify_window: seconds(o.notify_window, 20.0, "notify-window")?,
-            audit_interval: seconds(o.audit_interval, 60.0, "audit-interval")?,
-            audit_grace: seconds(o.audit_grace, 40.0, "audit-grace")?,
-            pending_expires: seconds(o.pending_expires, 30.0, "pending-expires")?,
-            t1: Duration::from_millis(o.t1_ms.unwrap_or(500).max(1)),
-            publish_backoff: seconds(o.publish_backoff, 1.0, "publish-backoff")?,
-            publish_max_attempts: o.publish_max_attempts.unwrap_or(5).max(1),
+            notify_window: seconds(o.notify_window, 20.0, "notify-window", 0.0, 3600.0)?,
+            audit_interval: seconds(o.audit_interval, 60.0, "audit-interval", 0.1, 86_400.0)?,
+            audit_grace: seconds(o.audit_grace, 40.0, "audit-grace", 0.0, 86_400.0)?,
+            pending_expires: seconds(o.pending_expires, 30.0, "pending-expires", 0.1, 3600.0)?,
+            t1: Duration::from_millis(ranged(o.t1_ms, 500, "t1-ms", 1, 10_000)?),
+            publish_backoff: seconds(o.publish_backoff, 1.0, "publish-backoff", 0.01, 3600.0)?,
+            publish_max_attempts: ranged(
+                o.publish_max_attempts,
+                5,
+                "publish-max-attempts",
+                1,
+                100,
+            )?,
+            notify_from,
         };
         if role == Role::Pcscf && pcscf.scscf.is_none() {
             return Err(ConfigError::Invalid(
                 "--role pcscf needs --scscf sip:HOST:PORT".into(),
             ));
         }
+        let tcp = TcpLimits {
+            idle_timeout: seconds(o.tcp_idle_timeout, 120.0, "tcp-idle-timeout", 0.1, 86_400.0)?,
+            max_inflight: ranged(o.tcp_max_inflight, 32, "tcp-max-inflight", 1, 1024)? as usize,
+            write_timeout: seconds(o.tcp_write_timeout, 10.0, "tcp-write-timeout", 0.1, 600.0)?,
+            message_timeout: seconds(
+                o.tcp_message_timeout,
+                10.0,
+                "tcp-message-timeout",
+                0.1,
+                600.0,
+            )?,
+            max_per_ip: ranged(o.tcp_max_per_ip, 64, "tcp-max-per-ip", 1, 65_535)? as usize,
+            max_connections: ranged(
+                o.tcp_max_connections,
+                4096,
+                "tcp-max-connections",
+                1,
+                1_000_000,
+            )? as usize,
+        };
         Ok(Settings {
             database_url,
-            db_pool_size: o.db_pool_size.unwrap_or(16).max(1),
-            db_connect_timeout: seconds(o.db_connect_timeout, 30.0, "db-connect-timeout")?,
+            db_pool_size: ranged(o.db_pool_size, 16, "db-pool-size", 1, 1000)?,
+            db_connect_timeout: seconds(
+                o.db_connect_timeout,
+                30.0,
+                "db-connect-timeout",
+                0.0,
+                3600.0,
+            )?,
             migrate: !o.no_migrate.unwrap_or(false),
             listen,
             role,
@@ -337,16 +476,65 @@ impl Settings {
             },
             case_sensitive: o.case_sensitive.unwrap_or(false),
             domains: o.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-            cleanup_interval: seconds(o.cleanup_interval, 30.0, "cleanup-interval")?,
-            cleanup_grace: seconds(o.cleanup_grace, 60.0, "cleanup-grace")?,
-            max_message_size: o.max_message_size.unwrap_or(65_535).clamp(1024, 65_535),
-            tcp_idle_timeout: seconds(o.tcp_idle_timeout, 120.0, "tcp-idle-timeout")?,
-            retry_after: o.retry_after.unwrap_or(5),
-            retrans_cache_bytes: o.retrans_cache_bytes.unwrap_or(16 * 1024 * 1024),
+            cleanup_interval: seconds(o.cleanup_interval, 30.0, "cleanup-interval", 0.1, 86_400.0)?,
+            cleanup_grace: seconds(o.cleanup_grace, 60.0, "cleanup-grace", 0.0, 2_592_000.0)?,
+            max_message_size: ranged(o.max_message_size, 65_535, "max-message-size", 1024, 65_535)?,
+            max_contacts_per_register: ranged(
+                o.max_contacts_per_register,
+                10,
+                "max-contacts-per-register",
+                1,
+                1000,
+            )? as usize,
+            request_deadline: seconds(o.request_deadline, 5.0, "request-deadline", 0.1, 60.0)?,
+            tcp,
+            sqlite_synchronous: o.sqlite_synchronous.unwrap_or_default(),
+            retry_after: ranged(o.retry_after, 5, "retry-after", 0, 3600)?,
+            retrans_cache_bytes: ranged(
+                o.retrans_cache_bytes,
+                16 * 1024 * 1024,
+                "retrans-cache-bytes",
+                0,
+                1 << 30,
+            )?,
             pcscf,
             auth,
         })
     }
+}
+
+/// SPEC H7: a number within its documented range, or the one-line error naming both.
+fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
+    value: Option<T>,
+    default: T,
+    name: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ConfigError::Invalid(format!(
+            "--{name} must be between {min} and {max} (got {v})"
+        )));
+    }
+    Ok(v)
+}
+
+/// SPEC H7: seconds within their documented range (NaN and infinities are out of every range).
+fn seconds(
+    value: Option<f64>,
+    default: f64,
+    name: &str,
+    min: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
+    let v = value.unwrap_or(default);
+    if !(min..=max).contains(&v) {
+        return Err(ConfigError::Invalid(format!(
+            "--{name} must be between {min} and {max} seconds (got {v})"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 /// SPEC A3: the nonce secret shared by instances.
@@ -400,6 +588,7 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
             Overrides {
                 listen: if flags.listen.is_empty() { file.listen } else { flags.listen },
                 domains: if flags.domains.is_empty() { file.domains } else { flags.domains },
+                notify_from: if flags.notify_from.is_empty() { file.notify_from } else { flags.notify_from },
                 $($field: flags.$field.or(file.$field),)*
             }
         };
@@ -413,6 +602,7 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         max_expires,
         default_expires,
         max_contacts,
+        max_contacts_per_register,
         single_contact,
         case_sensitive,
         server_id,
@@ -421,6 +611,13 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         cleanup_grace,
         max_message_size,
         tcp_idle_timeout,
+        request_deadline,
+        tcp_max_inflight,
+        tcp_write_timeout,
+        tcp_message_timeout,
+        tcp_max_per_ip,
+        tcp_max_connections,
+        sqlite_synchronous,
         retry_after,
         retrans_cache_bytes,
         db_pool_size,

@@ -14,9 +14,10 @@ use crate::sip::uri::Uri;
 use crate::sip::wire::Message;
 use crate::sip::{Origin, Transport};
 use crate::store::Store;
+use crate::transport::connection::{ConnectionSettings, Connections};
 use crate::transport::outbound::Sender;
 use crate::transport::retrans::ResponseCache;
-use crate::transport::tcp::{ConnectionSettings, Connections, TcpListener};
+use crate::transport::tcp::{Slots, TcpListener};
 use crate::transport::udp::UdpListener;
 use crate::transport::{Handler, Stats};
 use std::net::SocketAddr;
@@ -113,8 +114,13 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         stats: Arc::clone(&stats),
         connections: Arc::new(Connections::default()),
         max_message_size: settings.max_message_size,
-        idle_timeout: settings.tcp_idle_timeout,
+        limits: settings.tcp,
     };
+    // One budget for every listener (H4).
+    let slots = Arc::new(Slots::new(
+        settings.tcp.max_connections,
+        settings.tcp.max_per_ip,
+    ));
     let sender = Arc::new(Sender::<Roles>::new(
         udp_sockets.first().cloned(),
         connection_settings.clone(),
@@ -150,6 +156,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
             listener: socket,
             handler: Arc::clone(&handler),
             settings: connection_settings.clone(),
+            slots: Arc::clone(&slots),
         };
         tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     }
@@ -213,6 +220,8 @@ pub async fn roles(
                     domains: settings.domains.clone(),
                     retry_after: settings.retry_after,
                     max_in_flight: MAX_IN_FLIGHT,
+                    max_contacts_per_register: settings.max_contacts_per_register,
+                    request_deadline: settings.request_deadline,
                     auth: settings.auth.clone(),
                 },
             )))

@@ -32,6 +32,7 @@ async fn r13_postgres_outage_is_500_with_retry_after_then_recovery() {
         pool_size: 4,
         connect_timeout: Duration::from_secs(5),
         acquire_timeout: Duration::from_millis(500),
+        ..ConnectOptions::default()
     };
     let store = Store::connect(&url, &options).await.unwrap();
     let flags = Overrides {

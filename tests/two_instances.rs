@@ -127,8 +127,9 @@ async fn s2_two_processes_respect_max_contacts_and_single_contact() {
     assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
 
     db.exec("DELETE FROM location").await;
-    let a = Instance::start(&db.url, &[]).await;
-    let b = Instance::start(&db.url, &[]).await;
+    // H3: --max-contacts defaults to 10; 0 is unlimited.
+    let a = Instance::start(&db.url, &["--max-contacts", "0"]).await;
+    let b = Instance::start(&db.url, &["--max-contacts", "0"]).await;
     let codes = storm(&[&a, &b], 40).await;
     assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
     assert_eq!(

@@ -51,9 +51,7 @@ pub enum CredentialsError {
 pub fn parse(value: &str) -> Result<DigestResponse, CredentialsError> {
     use CredentialsError::Malformed;
     let value = value.trim();
-    let (scheme, rest) = value
-        .split_once([' ', '\t'])
-        .unwrap_or((value, ""));
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("Digest") {
         return Err(CredentialsError::NotDigest);
     }

@@ -29,8 +29,45 @@ pub struct Cli {
     /// TOML config file (keys are the serve flags in snake_case)
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyFlags,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The registrar's policy flags, global so that `contacts add` and every AoR a command keys
+/// apply the rules `serve` applies (SPEC H8). Also config-file keys.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct PolicyFlags {
+    /// Shortest non-zero expires accepted, 0..=31536000; shorter is answered 423 [default: 60]
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub min_expires: Option<u32>,
+    /// Longest expires granted, 0..=31536000; longer is clamped; 0 = no maximum [default: 3600]
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub max_expires: Option<u32>,
+    /// Expires when the REGISTER gives none, 1..=31536000 [default: 3600]
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub default_expires: Option<u32>,
+    /// Most live bindings per AoR, 0..=10000; 0 = unlimited [default: 10]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_contacts: Option<u32>,
+    /// One binding per AoR: a new registration replaces the others (Kamailio save() flag 0x04)
+    #[arg(long, global = true, num_args = 0, default_missing_value = "true")]
+    pub single_contact: Option<bool>,
+    /// Keep the AoR user part's case (Kamailio case_sensitive=1)
+    #[arg(long, global = true, num_args = 0, default_missing_value = "true")]
+    pub case_sensitive: Option<bool>,
+}
+
+impl PolicyFlags {
+    fn apply(self, flags: &mut Overrides) {
+        flags.min_expires = self.min_expires.or(flags.min_expires);
+        flags.max_expires = self.max_expires.or(flags.max_expires);
+        flags.default_expires = self.default_expires.or(flags.default_expires);
+        flags.max_contacts = self.max_contacts.or(flags.max_contacts);
+        flags.single_contact = self.single_contact.or(flags.single_contact);
+        flags.case_sensitive = self.case_sensitive.or(flags.case_sensitive);
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,10 +107,11 @@ pub enum CliError {
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let flags = match &cli.command {
+    let mut flags = match &cli.command {
         Command::Serve(flags) => (**flags).clone(),
         _ => Overrides::default(),
     };
+    cli.policy.clone().apply(&mut flags);
     let settings = Settings::load(cli.config.as_deref(), cli.database_url.clone(), flags)?;
     match cli.command {
         Command::Serve(_) => serve::run(settings).await,
@@ -90,6 +128,8 @@ async fn connect_briefly(settings: &Settings) -> Result<Store, CliError> {
         pool_size: 2,
         connect_timeout: Duration::from_secs(3),
         acquire_timeout: Duration::from_secs(3),
+        statement_timeout: None,
+        sqlite_synchronous: settings.sqlite_synchronous,
     };
     Store::connect(&settings.database_url, &options)
         .await

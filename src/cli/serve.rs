@@ -10,6 +10,9 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         pool_size: settings.db_pool_size,
         connect_timeout: settings.db_connect_timeout,
         acquire_timeout: Duration::from_secs(2),
+        // H6: below the request deadline, so a stuck statement ends before the UA is answered.
+        statement_timeout: Some(settings.request_deadline.mul_f64(0.8)),
+        sqlite_synchronous: settings.sqlite_synchronous,
     };
     tracing::info!(database = %redact(&settings.database_url), "connecting");
     let store = Store::connect(&settings.database_url, &options)
@@ -18,6 +21,12 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
             url: redact(&settings.database_url),
             source,
         })?;
+    if settings.database_url.starts_with("sqlite:") {
+        tracing::info!(
+            "sqlite synchronous={}",
+            settings.sqlite_synchronous.as_str()
+        );
+    }
     if settings.migrate {
         let report = store.migrate().await?;
         tracing::info!(applied = ?report.applied, version = report.version, "schema ready");

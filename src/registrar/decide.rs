@@ -5,6 +5,7 @@
 use super::request::{Contacts, Policy, Refusal, Register, RequestedContact};
 use crate::store::{AorSnapshot, Binding, Plan};
 use chrono::{DateTime, TimeDelta, Utc};
+use std::collections::HashMap;
 
 /// What the REGISTER comes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,9 +121,10 @@ fn bind<'a>(
         })
         .collect();
     let before = slots.len();
+    let mut index = Index::of(&slots);
 
     for (contact, expires) in wanted {
-        let found = find(&slots, contact);
+        let found = index.find(&slots, contact);
         if let Some((i, Matched::ByUri)) = &found {
             let slot = &slots[*i];
             // A binding this REGISTER already wrote carries its own Call-ID/CSeq: no check.
@@ -153,13 +155,19 @@ fn bind<'a>(
             (None, 0) => None,
             (Some((i, how)), _) => {
                 let old = &slots[i].binding;
-                if how == Matched::ByInstance && old.callid != register.call_id {
+                if how == Matched::ByInstance
+                    && old.callid != register.call_id
+                    && let Some(instance) = old.instance.clone()
+                {
                     // The device restarted (new Call-ID): its other flows are gone (Kamailio).
-                    let instance = old.instance.clone();
-                    delete_where(&mut slots, i, |b| b.instance == instance);
+                    let same = index.with_instance(&instance);
+                    delete_where(&mut slots, i, same, |b| {
+                        b.instance.as_ref() == Some(&instance)
+                    });
                 }
                 // The URI now belongs to this binding, whoever held it before.
-                delete_where(&mut slots, i, |b| b.contact == contact.uri);
+                let holders = index.with_uri(&contact.uri);
+                delete_where(&mut slots, i, holders, |b| b.contact == contact.uri);
                 let updated = fill(
                     register,
                     policy,
@@ -169,6 +177,7 @@ fn bind<'a>(
                     slots[i].binding.clone(),
                 );
                 slots[i].binding = updated;
+                index.note(i, &slots[i].binding);
                 if slots[i].fate == Fate::Kept {
                     slots[i].fate = Fate::Updated;
                 }
@@ -183,6 +192,7 @@ fn bind<'a>(
                     now,
                     blank(register, now),
                 );
+                index.note(slots.len(), &fresh);
                 slots.push(Slot {
                     binding: fresh,
                     fate: Fate::Inserted,
@@ -192,7 +202,8 @@ fn bind<'a>(
         };
         if let (Some(i), true) = (kept, policy.single_contact) {
             // R8: the first registered contact wins; every other binding goes.
-            delete_where(&mut slots, i, |_| true);
+            let all: Vec<usize> = (0..slots.len()).collect();
+            delete_where(&mut slots, i, &all, |_| true);
             break;
         }
     }
@@ -217,27 +228,84 @@ fn bind<'a>(
     Ok(plan)
 }
 
-/// R5: a contact with `+sip.instance` matches by instance and reg-id; otherwise (or failing
-/// that) by the contact URI, byte-exact.
-fn find(slots: &[Slot], contact: &RequestedContact) -> Option<(usize, Matched)> {
-    let alive = |s: &&Slot| s.fate != Fate::Deleted;
-    if let Some(instance) = &contact.instance {
-        let reg_id = contact.reg_id.map_or(0, |r| r as i32);
-        let hit = slots.iter().position(|s| {
-            alive(&s) && s.binding.instance.as_ref() == Some(instance) && s.binding.reg_id == reg_id
-        });
-        if let Some(i) = hit {
-            return Some((i, Matched::ByInstance));
-        }
-    }
-    slots
-        .iter()
-        .position(|s| alive(&s) && s.binding.contact == contact.uri)
-        .map(|i| (i, Matched::ByUri))
+/// Where each contact URI and instance sits among the slots, so that matching a REGISTER's
+/// contacts is linear in their number, not a scan of the AoR's bindings per contact (SPEC H3).
+/// Lists only grow: an entry whose slot has since changed or been deleted is skipped by the
+/// check on the slot itself.
+struct Index {
+    by_uri: HashMap<String, Vec<usize>>,
+    by_instance: HashMap<String, Vec<usize>>,
 }
 
-fn delete_where(slots: &mut [Slot], keep: usize, doomed: impl Fn(&Binding) -> bool) {
-    for (j, slot) in slots.iter_mut().enumerate() {
+impl Index {
+    fn of(slots: &[Slot]) -> Index {
+        let mut index = Index {
+            by_uri: HashMap::with_capacity(slots.len()),
+            by_instance: HashMap::new(),
+        };
+        for (i, slot) in slots.iter().enumerate() {
+            index.note(i, &slot.binding);
+        }
+        index
+    }
+
+    fn note(&mut self, i: usize, binding: &Binding) {
+        let at = self.by_uri.entry(binding.contact.clone()).or_default();
+        if at.last() != Some(&i) {
+            at.push(i);
+        }
+        if let Some(instance) = &binding.instance {
+            let at = self.by_instance.entry(instance.clone()).or_default();
+            if at.last() != Some(&i) {
+                at.push(i);
+            }
+        }
+    }
+
+    fn with_uri(&self, uri: &str) -> &[usize] {
+        self.by_uri.get(uri).map_or(&[], Vec::as_slice)
+    }
+
+    fn with_instance(&self, instance: &str) -> &[usize] {
+        self.by_instance.get(instance).map_or(&[], Vec::as_slice)
+    }
+
+    /// R5: a contact with `+sip.instance` matches by instance and reg-id; otherwise (or
+    /// failing that) by the contact URI, byte-exact. The first such slot, in slot order.
+    fn find(&self, slots: &[Slot], contact: &RequestedContact) -> Option<(usize, Matched)> {
+        let alive = |i: usize| slots[i].fate != Fate::Deleted;
+        if let Some(instance) = &contact.instance {
+            let reg_id = contact.reg_id.map_or(0, |r| r as i32);
+            let hit = self
+                .with_instance(instance)
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let b = &slots[i].binding;
+                    alive(i) && b.instance.as_ref() == Some(instance) && b.reg_id == reg_id
+                })
+                .min();
+            if let Some(i) = hit {
+                return Some((i, Matched::ByInstance));
+            }
+        }
+        self.with_uri(&contact.uri)
+            .iter()
+            .copied()
+            .filter(|&i| alive(i) && slots[i].binding.contact == contact.uri)
+            .min()
+            .map(|i| (i, Matched::ByUri))
+    }
+}
+
+fn delete_where(
+    slots: &mut [Slot],
+    keep: usize,
+    candidates: &[usize],
+    doomed: impl Fn(&Binding) -> bool,
+) {
+    for &j in candidates {
+        let slot = &mut slots[j];
         if j != keep && slot.fate != Fate::Deleted && doomed(&slot.binding) {
             slot.fate = Fate::Deleted;
         }

@@ -10,20 +10,30 @@ use crate::sip::uri::{Scheme, Uri};
 use crate::sip::wire::parse_u32;
 use crate::sip::{Origin, Transport};
 
-/// Longest contact URI stored (Kamailio's `contact_max_size`).
+/// Longest contact URI stored (Kamailio's `contact_max_size`, SPEC H3).
 pub const MAX_CONTACT: usize = 512;
-/// Longest `+sip.instance`, Path and User-Agent stored.
-const MAX_INSTANCE: usize = 255;
+/// Longest `+sip.instance` stored: angle brackets counted, quotes not (SPEC H3).
+pub const MAX_INSTANCE: usize = 256;
+/// Longest Path and User-Agent stored.
 const MAX_PATH: usize = 2048;
 const MAX_USER_AGENT: usize = 255;
 
 const CONTACT_PARSE: Refusal = Refusal::bad_request("Contact parse error");
 
+/// What parsing a REGISTER is bounded by (SPEC R2, H3).
+#[derive(Clone, Copy, Debug)]
+pub struct ParseRules {
+    pub case_sensitive: bool,
+    /// Contacts one REGISTER may carry (`--max-contacts-per-register`).
+    pub max_contacts_per_register: usize,
+}
+
 pub fn register_of(
     request: &Request,
     origin: &Origin,
-    case_sensitive: bool,
+    rules: ParseRules,
 ) -> Result<Register, Refusal> {
+    let case_sensitive = rules.case_sensitive;
     let to =
         Uri::parse(&request.to.uri).map_err(|_| Refusal::bad_request("Error while parsing AOR"))?;
     let aor = aor_of(&to, case_sensitive).map_err(|e| match e {
@@ -32,7 +42,7 @@ pub fn register_of(
         AorError::TooLong => Refusal::bad_request("Address Of Record too long"),
         AorError::Uri(_) => Refusal::bad_request("Error while parsing AOR"),
     })?;
-    let contacts = contacts_of(request)?;
+    let contacts = contacts_of(request, rules.max_contacts_per_register)?;
     let expires_header = request.header("Expires").and_then(parse_u32);
     let path = path_of(request)?;
     let user_agent = request
@@ -59,12 +69,16 @@ pub fn register_of(
     })
 }
 
-fn contacts_of(request: &Request) -> Result<Contacts, Refusal> {
+fn contacts_of(request: &Request, max: usize) -> Result<Contacts, Refusal> {
     let values: Vec<&str> = request
         .message
         .headers_named("Contact")
         .flat_map(split_list)
         .collect();
+    // H3: before anything else looks at them, so the work a REGISTER can cause is bounded.
+    if values.len() > max {
+        return Err(Refusal::bad_request("Too many contacts in REGISTER"));
+    }
     if values.is_empty() {
         return Ok(Contacts::None);
     }
@@ -102,10 +116,14 @@ fn requested_contact(text: &str) -> Result<RequestedContact, Refusal> {
         ),
     };
     let instance = match contact.param("+sip.instance") {
+        // H3: the limit is on the value as stored (unquoted).
+        Some(Some(v)) if v.len() > MAX_INSTANCE => {
+            return Err(Refusal::bad_request("+sip.instance too long"));
+        }
+        // H7: we re-emit it inside quotes in every 200 OK for the AoR; a `"` or `\` in it
+        // would inject parameters there, so it is refused rather than stored.
         Some(Some(v))
-            if !v.is_empty()
-                && v.len() <= MAX_INSTANCE
-                && !v.contains(|c: char| c.is_control()) =>
+            if !v.is_empty() && !v.contains(|c: char| c.is_control() || c == '"' || c == '\\') =>
         {
             Some(v.to_string())
         }
@@ -250,5 +268,24 @@ mod tests {
         assert!(requested_contact("<sip:a@h>;q=2").is_err());
         assert!(requested_contact("<name:John_Smith>").is_err());
         assert!(requested_contact(&format!("<sip:{}@h>", "a".repeat(600))).is_err());
+    }
+
+    #[test]
+    fn h3_h7_instance_is_bounded_and_never_carries_a_quote() {
+        let with =
+            |instance: &str| requested_contact(&format!("<sip:a@h>;+sip.instance=\"{instance}\""));
+        let longest = format!("<urn:{}>", "a".repeat(MAX_INSTANCE - 6));
+        assert_eq!(
+            with(&longest).unwrap().instance.unwrap().len(),
+            MAX_INSTANCE
+        );
+        let refusal = with(&format!("<urn:{}>", "a".repeat(MAX_INSTANCE - 5))).unwrap_err();
+        assert_eq!(refusal.registrar_error, Some("+sip.instance too long"));
+        assert!(with(r#"<urn:a\"b>"#).is_err(), "an escaped quote");
+        assert!(with(r#"<urn:a\\b>"#).is_err(), "an escaped backslash");
+        assert!(
+            requested_contact("<sip:a@h\"x>").is_err(),
+            "a quote in the URI"
+        );
     }
 }

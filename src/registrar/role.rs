@@ -4,7 +4,7 @@
 //! `service::register`; every other method gets R11's answer.
 
 use super::decide::Outcome;
-use super::extract::register_of;
+use super::extract::{ParseRules, register_of};
 use super::request::{Policies, Refusal};
 use super::service::{Registration, register};
 use crate::auth::{Admission, AuthSettings, Authenticator};
@@ -35,6 +35,11 @@ pub struct RegistrarConfig {
     pub retry_after: u32,
     /// REGISTERs processed at once; more are answered 503 at once rather than queued (R13).
     pub max_in_flight: usize,
+    /// Contacts one REGISTER may carry (H3).
+    pub max_contacts_per_register: usize,
+    /// A REGISTER still waiting for the database this long after it arrived is answered 500
+    /// (H6).
+    pub request_deadline: std::time::Duration,
     pub auth: AuthSettings,
 }
 
@@ -87,7 +92,11 @@ impl Registrar {
     }
 
     async fn handle_register(&self, request: &Request, origin: &Origin) -> Response {
-        let wanted = match register_of(request, origin, self.config.case_sensitive) {
+        let rules = ParseRules {
+            case_sensitive: self.config.case_sensitive,
+            max_contacts_per_register: self.config.max_contacts_per_register,
+        };
+        let wanted = match register_of(request, origin, rules) {
             Ok(r) => r,
             Err(refusal) => return refused(request, &refusal),
         };
@@ -114,7 +123,14 @@ impl Registrar {
             return self.unavailable(request, 503, "Service Unavailable");
         };
         let policy = self.config.policies.for_domain(&wanted.aor.domain);
-        match register(&self.store, &policy, &wanted, credentials.as_ref()).await {
+        let work = register(&self.store, &policy, &wanted, credentials.as_ref());
+        let Ok(result) = tokio::time::timeout(self.config.request_deadline, work).await else {
+            // H6: the UA hears within the deadline. The work may still commit (its outcome is
+            // unknown to us): 500, never 200, and the UA's retry finds what happened.
+            tracing::warn!("REGISTER not done within the request deadline; answering 500");
+            return self.unavailable(request, 500, "Server Internal Error");
+        };
+        match result {
             Ok(Err(_denied)) => self.auth.denied(request, origin, &wanted.aor),
             Ok(Ok(registration)) => {
                 log_change(&registration);
@@ -196,7 +212,10 @@ pub fn contact_value(binding: &Binding, now: DateTime<Utc>) -> String {
         value.push_str(&q_text(q));
     }
     if let Some(instance) = &binding.instance {
-        value.push_str(&format!(";+sip.instance=\"{instance}\""));
+        // H7: we refuse `"` and `\` in instances we store, but a row another writer stored
+        // (Kamailio, SQL) may hold them: quoted-pair escapes, never raw.
+        let escaped = instance.replace('\\', "\\\\").replace('"', "\\\"");
+        value.push_str(&format!(";+sip.instance=\"{escaped}\""));
         if binding.reg_id > 0 {
             value.push_str(&format!(";reg-id={}", binding.reg_id));
         }

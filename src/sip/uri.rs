@@ -63,7 +63,7 @@ pub enum UriError {
     BadPort,
     #[error("URI has an invalid host")]
     BadHost,
-    #[error("URI contains whitespace or control characters")]
+    #[error("URI contains whitespace, control characters, '<', '>' or '\"'")]
     BadCharacter,
 }
 
@@ -72,7 +72,12 @@ impl Uri {
         if text.is_empty() {
             return Err(UriError::Empty);
         }
-        if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        // SPEC H7: none of these may appear unescaped in a URI (RFC 3261 §25.1), and each would
+        // break out of the `<…>` or `"…"` we re-emit a stored URI in.
+        if text
+            .bytes()
+            .any(|b| b <= b' ' || b == 0x7f || matches!(b, b'<' | b'>' | b'"'))
+        {
             return Err(UriError::BadCharacter);
         }
         let (scheme_text, rest) = text.split_once(':').ok_or(UriError::NoScheme)?;

@@ -6,8 +6,12 @@
 //! batch is one REGISTER, so nothing waits for company.
 //!
 //! Each REGISTER's outcome is what it would have been alone: its decision sees only its own
-//! AoR's rows, read under its AoR's lock. When the shared work fails, the REGISTERs are retried
-//! one by one, so only a REGISTER that fails on its own gets an error.
+//! AoR's rows, read under its AoR's lock. When the shared work is rejected (a row the database
+//! refuses), the REGISTERs are retried one by one, so only a REGISTER that fails on its own gets
+//! an error. When the database is unavailable or busy, every REGISTER of the batch fails at
+//! once (SPEC H6): retrying them one by one against a database that is down made a REGISTER
+//! wait about two minutes. A REGISTER whose caller stopped waiting (its deadline passed) is
+//! dropped before it reaches the database.
 
 use super::{Aor, AorSnapshot, Applied, Plan, Reads, StoreError};
 use std::any::Any;
@@ -125,20 +129,34 @@ async fn worker<B: Batch>(backend: B, queue: Arc<Mutex<mpsc::Receiver<Job>>>, ma
 }
 
 async fn run<B: Batch>(backend: &B, batch: Vec<Job>) {
+    let batch: Vec<Job> = batch
+        .into_iter()
+        .filter(|job| !job.reply.is_closed())
+        .collect();
+    if batch.is_empty() {
+        return;
+    }
     match backend.run(&batch).await {
         Ok(results) => {
             for (job, result) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(Ok(result));
             }
         }
-        Err(e) if batch.len() == 1 => {
-            if let Some(job) = batch.into_iter().next() {
-                let _ = job.reply.send(Err(e));
+        Err(e) if batch.len() == 1 || e.is_transient() => {
+            let mut jobs = batch.into_iter();
+            if let Some(last) = jobs.next_back() {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.duplicate()));
+                }
+                let _ = last.reply.send(Err(e));
             }
         }
         Err(e) => {
             tracing::debug!(error = %e, size = batch.len(), "batch failed; retrying its REGISTERs one by one");
             for job in batch {
+                if job.reply.is_closed() {
+                    continue;
+                }
                 let alone = std::slice::from_ref(&job);
                 let result = backend.run(alone).await.and_then(|r| {
                     r.into_iter()
@@ -168,6 +186,9 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             if jobs.iter().any(|j| j.aor.username == "bad") {
                 return Err(StoreError::Corrupt("refused".into()));
+            }
+            if jobs.iter().any(|j| j.aor.username == "down") {
+                return Err(StoreError::Busy);
             }
             let now = chrono::Utc::now();
             Ok(jobs
@@ -220,6 +241,78 @@ mod tests {
             sizes.iter().any(|s| *s > 1),
             "REGISTERs waiting together were batched: {sizes:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn h6_a_transient_failure_fails_the_batch_at_once() {
+        let backend = Recorder::default();
+        let coalescer = Coalescer::start(backend.clone(), 1, 64);
+        // Keep the worker busy so that the next REGISTERs wait together.
+        let first = {
+            let c = coalescer.clone();
+            tokio::spawn(async move {
+                c.submit(&Aor::new("first", "x"), Reads::Bindings, |_| {
+                    Plan::unchanged(0)
+                })
+                .await
+                .map(|a| a.outcome)
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let mut tasks = Vec::new();
+        for n in 0..10 {
+            let c = coalescer.clone();
+            let user = if n == 3 {
+                "down".to_string()
+            } else {
+                format!("u{n}")
+            };
+            tasks.push(tokio::spawn(async move {
+                c.submit(&Aor::new(user, "x"), Reads::Bindings, move |_| {
+                    Plan::unchanged(n)
+                })
+                .await
+                .map(|a| a.outcome)
+            }));
+        }
+        assert!(first.await.unwrap().is_ok());
+        for t in tasks {
+            assert!(matches!(t.await.unwrap(), Err(StoreError::Busy)));
+        }
+        let sizes = backend.sizes.lock().unwrap().clone();
+        assert_eq!(
+            sizes,
+            vec![1, 10],
+            "no one-by-one retry after a transient failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn h6_a_register_nobody_waits_for_is_not_run() {
+        let backend = Recorder::default();
+        let coalescer = Coalescer::start(backend.clone(), 1, 64);
+        let busy = {
+            let c = coalescer.clone();
+            tokio::spawn(async move {
+                c.submit(&Aor::new("first", "x"), Reads::Bindings, |_| {
+                    Plan::unchanged(0)
+                })
+                .await
+                .map(|a| a.outcome)
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            coalescer.submit(&Aor::new("late", "x"), Reads::Bindings, |_| {
+                Plan::unchanged(1)
+            }),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the caller stopped waiting");
+        assert!(busy.await.unwrap().is_ok());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(backend.sizes.lock().unwrap().clone(), vec![1]);
     }
 
     #[tokio::test]

@@ -46,6 +46,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same failure for another caller of a shared batch: same variant (so the same SIP
+    /// answer), the message kept (`sqlx::Error` is not `Clone`).
+    pub(crate) fn duplicate(&self) -> StoreError {
+        let again = |e: &sqlx::Error| sqlx::Error::Protocol(e.to_string());
+        match self {
+            StoreError::InvalidUrl(s) => StoreError::InvalidUrl(s.clone()),
+            StoreError::Unavailable(e) => StoreError::Unavailable(again(e)),
+            StoreError::Busy => StoreError::Busy,
+            StoreError::Rejected(e) => StoreError::Rejected(again(e)),
+            StoreError::Refused(e) => StoreError::Refused(again(e)),
+            StoreError::NotMigrated(e) => StoreError::NotMigrated(again(e)),
+            other => StoreError::Corrupt(other.to_string()),
+        }
+    }
+
     /// Whether a retry after a pause may succeed (the SIP answer carries Retry-After).
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_) | StoreError::Busy)

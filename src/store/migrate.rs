@@ -135,6 +135,11 @@ impl PgStore {
         // step fails, and never goes back to the pool.
         let conn = PgConnection::connect_with(&self.options).await?;
         let mut migrator = PgMigrator(conn);
+        // Migrations (an index on a large table) and the wait for another instance's
+        // migration may take longer than a request's statement timeout.
+        sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
+            .execute(&mut migrator.0)
+            .await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut migrator.0)

@@ -39,6 +39,12 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// How long a request may wait for a pooled connection.
     pub acquire_timeout: Duration,
+    /// PostgreSQL: `statement_timeout` of our sessions (`lock_timeout` is three quarters of
+    /// it), so no statement outlives the request that waits for it (SPEC H6). `None`: the
+    /// server's defaults.
+    pub statement_timeout: Option<Duration>,
+    /// SQLite: `PRAGMA synchronous` (SPEC H9).
+    pub sqlite_synchronous: Synchronous,
 }
 
 impl Default for ConnectOptions {
@@ -47,6 +53,28 @@ impl Default for ConnectOptions {
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
+            statement_timeout: None,
+            sqlite_synchronous: Synchronous::Full,
+        }
+    }
+}
+
+/// SQLite's durability (SPEC H9). `Full` syncs the WAL at every commit, so an acknowledged
+/// binding survives a power cut; `Normal` syncs only at checkpoints and can lose the last
+/// commits (never corrupt the file). Coalescing shares each sync among a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+impl Synchronous {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
         }
     }
 }

@@ -2,6 +2,8 @@
 //! `Handler` (the one seam between transport and roles) and send its response back where
 //! RFC 3261 §18.2.2 says (SPEC R1). Nothing here knows about registrations.
 
+pub mod connection;
+pub mod framing;
 pub mod outbound;
 pub mod retrans;
 pub mod tcp;

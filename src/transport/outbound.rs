@@ -4,7 +4,8 @@
 //! handler).
 
 use super::Handler;
-use super::tcp::{ConnectionSettings, start_connection};
+use super::connection::ConnectionSettings;
+use super::tcp::start_connection;
 use crate::sip::Transport;
 use crate::sip::outbound::{Destination, Outbound, SendFuture};
 use std::io;

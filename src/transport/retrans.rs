@@ -1,5 +1,5 @@
 //! UDP retransmission absorption (SPEC R1): a request already answered — same top-Via branch,
-//! Call-ID and CSeq — gets the same response bytes again for 32 s (64·T1) without touching the
+//! Call-ID and CSeq, from the same source address and port (H1) — gets the same response bytes again for 32 s (64·T1) without touching the
 //! database; one still being processed is dropped. Only an optimization: after eviction (or on
 //! another instance) R5's equal-CSeq rule answers a retransmission correctly anyway.
 //!
@@ -20,13 +20,17 @@ use std::time::{Duration, Instant};
 
 const LIFETIME: Duration = Duration::from_secs(32);
 
-/// Identifies a request: top-Via branch, Call-ID and CSeq.
+/// Identifies a request: top-Via branch, Call-ID and CSeq, and the source it came from.
+///
+/// The source is part of the key (SPEC H1): a cached answer goes only to whoever asked. Keyed
+/// without it, one spoofed query made the cache a reflector — the same request replayed from
+/// anywhere sent the cached 200 OK (57 KB for a large AoR) to the spoofed address again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Key(String);
 
 impl Key {
     /// `None` when the request lacks what identifies it (it will be answered 400 anyway).
-    pub fn of(message: &Message) -> Option<Key> {
+    pub fn of(message: &Message, source: SocketAddr) -> Option<Key> {
         let via = message.header("Via")?;
         let branch = split_list(via)
             .first()
@@ -35,7 +39,9 @@ impl Key {
             .unwrap_or_default();
         let call_id = message.header("Call-ID")?;
         let cseq = message.header("CSeq")?;
-        Some(Key(format!("{branch}\u{0}{call_id}\u{0}{cseq}")))
+        Some(Key(format!(
+            "{branch}\u{0}{call_id}\u{0}{cseq}\u{0}{source}"
+        )))
     }
 }
 
@@ -289,6 +295,23 @@ mod tests {
             matches!(cache.begin(&key(2)), Lookup::New),
             "abandoned: processed again"
         );
+    }
+
+    #[test]
+    fn h1_a_replay_from_another_source_is_new() {
+        let message = crate::sip::wire::parse(
+            b"REGISTER sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n\r\n",
+        )
+        .unwrap();
+        let asker: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        let victim: SocketAddr = "127.0.0.2:5070".parse().unwrap();
+        let cache = ResponseCache::new(1 << 20);
+        let key = Key::of(&message, asker).unwrap();
+        assert!(matches!(cache.begin(&key), Lookup::New));
+        cache.finish(key.clone(), b"SIP/2.0 200 OK".to_vec(), asker);
+        assert!(matches!(cache.begin(&key), Lookup::Answered(_, to) if to == asker));
+        let replayed = Key::of(&message, victim).unwrap();
+        assert!(matches!(cache.begin(&replayed), Lookup::New));
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl<H: Handler> UdpListener<H> {
             connection_id: -1,
         };
         let key = if message.is_request() {
-            Key::of(&message)
+            Key::of(&message, peer)
         } else {
             None
         };

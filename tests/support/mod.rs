@@ -28,6 +28,7 @@ pub fn options() -> ConnectOptions {
         pool_size: 8,
         connect_timeout: Duration::from_secs(10),
         acquire_timeout: Duration::from_secs(10),
+        ..ConnectOptions::default()
     }
 }
 

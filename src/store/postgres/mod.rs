@@ -42,7 +42,7 @@ fn batch_workers(pool_size: u32) -> usize {
 
 impl PgStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<PgStore, StoreError> {
-        let connect_options = PgConnectOptions::from_str(url)
+        let mut connect_options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact(url))))?
             .application_name("registrar")
             // Our own values are instants (TIMESTAMPTZ), right in any zone; UTC makes what
@@ -53,6 +53,16 @@ impl PgStore {
             // until autovacuum's next ANALYZE: measured at 4–6 ms per REGISTER instead of
             // 0.1 ms. Keep the planner on the indexes whatever its statistics say.
             .options([("timezone", "UTC"), ("enable_seqscan", "off")]);
+        if let Some(limit) = options.statement_timeout {
+            // SPEC H6: a statement (or a wait for a lock) that would outlive the request's
+            // deadline is cancelled by the server, so the connection comes back to the pool
+            // instead of serving a REGISTER whose UA has been answered already.
+            let ms = limit.as_millis().max(1);
+            connect_options = connect_options.options([
+                ("statement_timeout", ms.to_string()),
+                ("lock_timeout", (ms * 3 / 4).max(1).to_string()),
+            ]);
+        }
         // One direct connection first: a pool would retry until its acquire timeout and then
         // report only "timed out", hiding "connection refused" or a bad password.
         with_retry(options.connect_timeout, || async {

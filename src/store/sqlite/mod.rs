@@ -39,7 +39,10 @@ impl SqliteStore {
         let connect_options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact(url))))?
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(match options.sqlite_synchronous {
+                super::Synchronous::Full => SqliteSynchronous::Full,
+                super::Synchronous::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         // A file either opens or it does not: no point in waiting for it.
