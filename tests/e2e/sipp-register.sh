@@ -5,16 +5,16 @@
 #
 #   tests/e2e/sipp-register.sh [N]         (default 1000; needs sipp, sqlite3, psql)
 #
-# Skips (exit 0, saying so) when SIPp is not installed; .ci/run installs it.
+# Skips (exit 0, saying so) when SIPp is not installed, unless CI is set: then that is a failure;
+# .ci/run installs it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 users="${1:-1000}"
 here="tests/e2e"
+me=sipp-register
+. "$here/lib.sh"
 
-if ! command -v sipp >/dev/null 2>&1; then
-  echo "sipp-register: skipped: sipp is not installed (Debian package sip-tester)"
-  exit 0
-fi
+need sipp sip-tester
 cargo build --quiet
 bin="target/debug/registrar"
 work="$(mktemp -d /tmp/registrar-e2e.XXXXXX)"
