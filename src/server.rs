@@ -56,6 +56,8 @@ pub struct Running {
     pub stats: Arc<Stats>,
     /// The P-CSCF, when that is the role (tests drive its expiry job directly).
     pub pcscf: Option<Arc<Pcscf>>,
+    /// Accepted stream connections holding a slot (H4).
+    pub slots: Arc<Slots>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     store: Store,
@@ -181,6 +183,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         tcp,
         stats,
         pcscf,
+        slots,
         shutdown,
         tasks,
         store,
@@ -275,7 +278,9 @@ async fn pcscf_config(
         publish_backoff: p.publish_backoff,
         publish_max_attempts: p.publish_max_attempts,
         default_expires: settings.policies.base.default_expires,
+        max_expires: settings.policies.base.max_expires,
         retry_after: settings.retry_after,
+        notify_from: p.notify_from.clone(),
     })
 }
 

@@ -487,3 +487,83 @@ both_backends!(p2_provisional_answers_reach_the_ue, |db| {
     assert_eq!(last.code, 200);
     server.stop().await;
 });
+
+both_backends!(h5_notify_only_from_the_scscf_and_expires_clamped, |db| {
+    let scscf = Scscf::start().await;
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    let ue = Udp::to(&server).await;
+    assert_eq!(ue.ask(&ue_register(&ue, "ue7").text()).await.code, 200);
+    let contact = format!("sip:ue7@127.0.0.1:{}", ue.port());
+    let doc = |state: &str, expires: u64| {
+        format!(
+            "<?xml version=\"1.0\"?><reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" version=\"1\" state=\"partial\">\
+             <registration aor=\"sip:ue7@ims.example.com\" id=\"r\" state=\"active\">\
+             <contact id=\"c\" state=\"{state}\" event=\"registered\" expires=\"{expires}\"><uri>{contact}</uri></contact>\
+             </registration></reginfo>"
+        )
+    };
+    // A stranger on another address, with a Via naming the S-CSCF: 403, nothing changes.
+    let stranger = Udp::from_ip(&server, "127.0.0.2").await;
+    let body = doc("terminated", 0);
+    let spoofed = format!(
+        "NOTIFY sip:pcscf@{pcscf} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {scscf};branch=z9hG4bK-spoof\r\n\
+         Max-Forwards: 70\r\n\
+         To: <sip:pcscf@{pcscf}>;tag=p1\r\n\
+         From: <sip:u@ims.example.com>;tag=s1\r\n\
+         Call-ID: spoof@scscf\r\n\
+         CSeq: 1 NOTIFY\r\n\
+         Event: reg\r\n\
+         Subscription-State: active;expires=600\r\n\
+         Content-Type: application/reginfo+xml\r\n\
+         Content-Length: {len}\r\n\r\n{body}",
+        pcscf = server.udp[0],
+        scscf = scscf.udp,
+        len = body.len(),
+    );
+    let reply = stranger.ask(&spoofed).await;
+    assert_eq!(reply.code, 403, "{}", reply.text);
+    assert_eq!(
+        pcontact_state(db, &ue).await.unwrap().0,
+        RegState::Registered,
+        "a spoofed NOTIFY deletes nothing"
+    );
+    // From the S-CSCF, an expires of 136 years is clamped to --max-expires (3600 by default).
+    assert_eq!(
+        scscf
+            .notify(server.udp[0], "reg", &doc("active", 4_294_967_295))
+            .await,
+        Some(200)
+    );
+    let left = pcontact_state(db, &ue).await.unwrap().1;
+    assert!((3590..=3600).contains(&left), "clamped: {left}");
+    server.stop().await;
+});
+
+both_backends!(h5_a_pcontact_live_again_publishes_afresh, |db| {
+    let scscf = Scscf::start().await;
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    let ue = Udp::to(&server).await;
+    assert_eq!(ue.ask(&ue_register(&ue, "ue8").text()).await.code, 200);
+    // Progress of an earlier, interrupted expiry.
+    db.exec(
+        "UPDATE pcscf_location SET published_ids = '<sip:ue8@ims.example.com>', \
+         publish_attempts = 2",
+    )
+    .await;
+    let contact = format!("sip:ue8@127.0.0.1:{}", ue.port());
+    let body = format!(
+        "<?xml version=\"1.0\"?><reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" version=\"1\" state=\"partial\">\
+         <registration aor=\"sip:ue8@ims.example.com\" id=\"r\" state=\"active\">\
+         <contact id=\"c\" state=\"active\" event=\"refreshed\" expires=\"600\"><uri>{contact}</uri></contact>\
+         </registration></reginfo>"
+    );
+    assert_eq!(scscf.notify(server.udp[0], "reg", &body).await, Some(200));
+    let p = db.store.pcontact(&address(&ue)).await.unwrap().unwrap();
+    assert_eq!(
+        (p.published_ids, p.publish_attempts),
+        (None, 0),
+        "live again: the next expiry PUBLISHes every identity"
+    );
+    server.stop().await;
+});

@@ -5,14 +5,21 @@
 use super::decide::address_of;
 use super::reginfo::{self, ContactState};
 use super::role::Pcscf;
+use crate::sip::Origin;
 use crate::sip::request::Request;
 use crate::sip::response::Response;
 use crate::sip::uri::Uri;
 use crate::store::{Pcontact, PcontactChange, PcontactPlan, RegState};
 use chrono::TimeDelta;
 
-pub async fn handle(pcscf: &Pcscf, request: &Request) -> Response {
+pub async fn handle(pcscf: &Pcscf, request: &Request, origin: &Origin) -> Response {
     let msg = &request.message;
+    // SPEC H5: only the S-CSCF (or a network the operator names) may change pcontacts; a Via
+    // naming the S-CSCF proves nothing. Before the body is even read.
+    if !pcscf.config.may_notify(origin.peer.ip()) {
+        tracing::warn!(peer = %origin.peer, "NOTIFY from an address that is not the S-CSCF; refused");
+        return Response::to(msg, 403, "Forbidden");
+    }
     let event = msg.header("Event").unwrap_or("");
     let package = event.split(';').next().unwrap_or("").trim();
     if !package.eq_ignore_ascii_case("reg") {
@@ -34,7 +41,12 @@ pub async fn handle(pcscf: &Pcscf, request: &Request) -> Response {
             let Some(uri) = Uri::parse(&contact.uri).ok().filter(|u| u.scheme.is_sip()) else {
                 return Response::to(msg, 400, "Malformed reginfo body");
             };
-            changes.push((address_of(&uri), contact.state.clone(), contact.expires));
+            // H5: a NOTIFY cannot pin a pcontact longer than a REGISTER could.
+            let expires = contact.expires.map(|e| match pcscf.config.max_expires {
+                0 => e,
+                max => e.min(max),
+            });
+            changes.push((address_of(&uri), contact.state.clone(), expires));
         }
     }
     for (address, state, expires) in changes {
@@ -49,6 +61,10 @@ pub async fn handle(pcscf: &Pcscf, request: &Request) -> Response {
                         expires: snap.now + TimeDelta::seconds(i64::from(e)),
                         claimed_by: None,
                         claimed_until: None,
+                        // H5: live again, so an expiry later starts its PUBLISHes afresh.
+                        publish_attempts: 0,
+                        next_publish_at: None,
+                        published_ids: None,
                         ..p.clone()
                     }),
                     (Some(_), ContactState::Active, None) => PcontactChange::Keep,

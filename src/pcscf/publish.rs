@@ -33,6 +33,9 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
         config.identity.sent_by
     );
     let mut cseq = 1u32;
+    // The claim as this instance last saw it renewed, by its own clock (SPEC H5): the audit
+    // claimed it with `lease` just now.
+    let mut held_until = tokio::time::Instant::now() + lease;
     for impu in publishable_ids(&pcontact) {
         if done.contains(&impu) {
             continue;
@@ -43,7 +46,7 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
                 attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
                 next_publish_at: None,
             };
-            if !still_ours(&pcscf, &pcontact, lease, &progress).await {
+            if !still_ours(&pcscf, &pcontact, lease, &progress, &mut held_until).await {
                 return;
             }
             let result = send(&pcscf, &impu, &pcontact.aor, &call_id, cseq).await;
@@ -68,7 +71,7 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
                 attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
                 next_publish_at: Some(Utc::now() + TimeDelta::from_std(pause).unwrap_or_default()),
             };
-            if !still_ours(&pcscf, &pcontact, lease + pause, &progress).await {
+            if !still_ours(&pcscf, &pcontact, lease + pause, &progress, &mut held_until).await {
                 return;
             }
             tokio::select! {
@@ -95,22 +98,30 @@ async fn still_ours(
     pcontact: &Pcontact,
     lease: Duration,
     progress: &PublishProgress,
+    held_until: &mut tokio::time::Instant,
 ) -> bool {
+    let asked = tokio::time::Instant::now();
     match pcscf
         .store
         .renew_claim(pcontact.id, &pcscf.owner, lease, progress)
         .await
     {
-        Ok(true) => true,
+        Ok(true) => {
+            *held_until = asked + lease;
+            true
+        }
         Ok(false) => {
             tracing::info!(contact = %pcontact.aor, "pcontact no longer ours to PUBLISH");
             false
         }
         Err(e) => {
-            // Keep going: the PUBLISH matters more than the bookkeeping, and the lease is
-            // long enough for this attempt.
-            tracing::warn!(error = %e, "could not renew the PUBLISH claim");
-            true
+            // SPEC H5: the PUBLISH matters more than the bookkeeping, so keep going while the
+            // claim we last renewed still covers one more transaction by our own clock;
+            // past that another instance may have taken the work over, so stop.
+            let transaction = pcscf.config.t1 * 64;
+            let covered = tokio::time::Instant::now() + transaction < *held_until;
+            tracing::warn!(error = %e, continuing = covered, "could not renew the PUBLISH claim");
+            covered
         }
     }
 }

@@ -44,7 +44,11 @@ pub struct PcscfConfig {
     pub publish_backoff: Duration,
     pub publish_max_attempts: u32,
     pub default_expires: u32,
+    /// A NOTIFY's expires is clamped to this (0 = no maximum; H5).
+    pub max_expires: u32,
     pub retry_after: u32,
+    /// H5: who may NOTIFY besides the S-CSCF and PUBLISH target addresses.
+    pub notify_from: Vec<crate::config::Cidr>,
 }
 
 impl PcscfConfig {
@@ -54,6 +58,15 @@ impl PcscfConfig {
         self.t1 * 64 * 2
             + self.publish_backoff * 2u32.saturating_pow(self.publish_max_attempts.min(16))
             + Duration::from_secs(10)
+    }
+
+    /// SPEC H5: a NOTIFY's source IP (any port) must be the S-CSCF's or the PUBLISH target's
+    /// resolved address, or within `--notify-from`.
+    pub fn may_notify(&self, ip: std::net::IpAddr) -> bool {
+        let same = |a: std::net::IpAddr| a.to_canonical() == ip.to_canonical();
+        same(self.scscf.addr.ip())
+            || same(self.publish_to.addr.ip())
+            || self.notify_from.iter().any(|c| c.contains(ip))
     }
 
     /// Pcontacts expired this long are the expiry job's (SPEC P5).
@@ -107,7 +120,7 @@ impl Pcscf {
             return answer;
         }
         match request.method.as_str() {
-            "NOTIFY" => Some(super::notify::handle(self, request).await),
+            "NOTIFY" => Some(super::notify::handle(self, request, origin).await),
             _ => Some(self.register(request, origin).await),
         }
     }
@@ -429,9 +442,21 @@ mod tests {
             publish_backoff: Duration::from_secs(1),
             publish_max_attempts: 5,
             default_expires: 3600,
+            max_expires: 3600,
             retry_after: 5,
+            notify_from: vec!["10.0.0.0/8".parse().unwrap()],
         };
         assert!(config.lease() > Duration::from_secs(64));
+        // H5: the S-CSCF's address (any port), --notify-from, nobody else.
+        for (ip, may) in [
+            ("127.0.0.1", true),
+            ("::ffff:127.0.0.1", true),
+            ("10.1.2.3", true),
+            ("127.0.0.2", false),
+            ("11.0.0.1", false),
+        ] {
+            assert_eq!(config.may_notify(ip.parse().unwrap()), may, "{ip}");
+        }
         assert_eq!(config.stale_after(), Duration::from_secs(60));
         assert!(
             super::super::decide::publishable_ids(&Pcontact::new(
