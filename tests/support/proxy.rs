@@ -11,6 +11,27 @@ pub struct Proxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
+    stalled: watch::Sender<bool>,
+}
+
+/// Copies one direction, holding bytes back while the proxy is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Proxy {
@@ -19,6 +40,7 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let (cut, cuts) = watch::channel(0u64);
+        let (stalled, stalls) = watch::channel(false);
         let accepting = Arc::clone(&up);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -29,19 +51,35 @@ impl Proxy {
                 let mut cuts = cuts.clone();
                 // Only cuts after this connection was made concern it.
                 cuts.borrow_and_update();
+                let stalls = stalls.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let (mut c, mut s) = (client, server);
+                    let ((cr, cw), (sr, sw)) = (client.into_split(), server.into_split());
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
+                        _ = pump(cr, sw, stalls.clone()) => {}
+                        _ = pump(sr, cw, stalls) => {}
                         _ = cuts.changed() => {}
                     }
                 });
             }
         });
-        Proxy { addr, up, cut }
+        Proxy {
+            addr,
+            up,
+            cut,
+            stalled,
+        }
+    }
+
+    /// Plays a frozen database (SIGSTOP): connections stay open, nothing is answered.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// Drops every open connection and refuses new ones.

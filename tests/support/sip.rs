@@ -141,6 +141,16 @@ impl Tcp {
         }
     }
 
+    /// A connection from another loopback address.
+    pub async fn from_ip(server: &Running, ip: &str) -> Tcp {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        Tcp {
+            stream: socket.connect(server.tcp[0]).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.stream.local_addr().unwrap().port()
     }
@@ -171,6 +181,21 @@ impl Tcp {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Whether the server closed the connection within `wait` (bytes still arriving count
+    /// as open: they are read and dropped). A connection that stays open and silent is not
+    /// closed, unlike `recv`'s `None`.
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut chunk = [0u8; 8192];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
             }
         }
     }
