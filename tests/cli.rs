@@ -400,3 +400,110 @@ fn c6_user_errors_are_one_line() {
         started.elapsed()
     );
 }
+
+/// SPEC H7: every numeric flag has a range checked at start: a value outside it (or one that
+/// once panicked on every REGISTER) is one line on stderr, before anything is logged.
+#[test]
+fn h7_out_of_range_flags_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
+    let cases: &[(&str, &str)] = &[
+        ("--notify-window", "1e13"),
+        ("--t1-ms", "18446744073709551615"),
+        ("--t1-ms", "0"),
+        ("--min-expires", "99999999999"),
+        ("--max-expires", "4294967295"),
+        ("--default-expires", "0"),
+        ("--max-contacts", "4000000000"),
+        ("--max-contacts-per-register", "0"),
+        ("--cleanup-interval", "NaN"),
+        ("--cleanup-grace", "-1"),
+        ("--max-message-size", "10"),
+        ("--tcp-idle-timeout", "inf"),
+        ("--retry-after", "99999"),
+        ("--retrans-cache-bytes", "99999999999999"),
+        ("--db-pool-size", "0"),
+        ("--db-connect-timeout", "1e300"),
+        ("--audit-interval", "0"),
+        ("--audit-grace", "1e10"),
+        ("--pending-expires", "0"),
+        ("--publish-backoff", "0"),
+        ("--publish-max-attempts", "1000"),
+        ("--nonce-expires", "0"),
+        ("--auth-fail-limit", "0"),
+        ("--auth-ban", "1e9"),
+        ("--request-deadline", "0"),
+        ("--tcp-max-inflight", "0"),
+        ("--tcp-write-timeout", "0"),
+        ("--tcp-message-timeout", "1e6"),
+        ("--tcp-max-per-ip", "0"),
+        ("--tcp-max-connections", "0"),
+        ("--server-id", "-1"),
+        ("--notify-from", "10.0.0.0/33"),
+    ];
+    for (flag, value) in cases {
+        let started = Instant::now();
+        let arg = format!("{flag}={value}");
+        let out = registrar(&url, &["serve", "--listen", "udp:127.0.0.1:0", &arg]);
+        assert_one_line_failure(&out, flag);
+        assert!(started.elapsed() < Duration::from_secs(5), "{flag} {value}");
+    }
+    // The same ranges hold for config-file keys.
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "notify_window = 1e13\n").unwrap();
+    assert_one_line_failure(
+        &registrar(&url, &["--config", config.to_str().unwrap(), "migrate"]),
+        "notify-window",
+    );
+}
+
+both_backends!(h8_contacts_add_applies_the_policy_serve_applies, |db| {
+    let add = |contact: &str, extra: &[&str]| {
+        let mut args = vec!["contacts", "add", "sip:Hans@example.com", contact];
+        args.extend_from_slice(extra);
+        registrar(&db.url, &args)
+    };
+    assert!(
+        add("sip:h@192.0.2.1", &["--max-contacts", "1"])
+            .status
+            .success()
+    );
+    let refused = add("sip:h@192.0.2.2", &["--max-contacts", "1"]);
+    assert_one_line_failure(&refused, "503");
+    // --case-sensitive keys the AoR as serve would: a second user, not the same one.
+    let out = add(
+        "sip:h@192.0.2.3",
+        &["--max-contacts", "1", "--case-sensitive"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM location WHERE username = 'Hans'")
+            .await,
+        1
+    );
+    // --max-expires clamps an administrative binding too.
+    let out = add(
+        "sip:h@192.0.2.4",
+        &[
+            "--max-contacts",
+            "0",
+            "--max-expires",
+            "120",
+            "--expires",
+            "600",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = registrar(
+        &db.url,
+        &["contacts", "show", "sip:hans@example.com", "--json"],
+    );
+    let bindings: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let clamped = bindings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["contact"] == "sip:h@192.0.2.4")
+        .unwrap();
+    assert!(clamped["expires_in"].as_i64().unwrap() <= 120, "{clamped}");
+});

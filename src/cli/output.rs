@@ -115,9 +115,12 @@ fn print_blocks(values: &[Value], title: &str) {
     }
 }
 
+/// A value for a terminal: control characters escaped (SPEC H7), so that a stored value
+/// cannot move the cursor or rewrite what an operator sees.
 fn plain(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
+        Value::String(s) if s.chars().any(char::is_control) => s.escape_debug().to_string(),
         Value::String(s) => s.clone(),
         Value::Array(items) if items.is_empty() => "-".into(),
         Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(" "),
@@ -128,6 +131,15 @@ fn plain(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn h7_text_output_escapes_control_characters() {
+        assert_eq!(
+            plain(&json!("Phone\u{1b}[2J\r\nx")),
+            "Phone\\u{1b}[2J\\r\\nx"
+        );
+        assert_eq!(plain(&json!("sip:a@h")), "sip:a@h");
+    }
 
     #[test]
     fn remaining_seconds_round_up() {
