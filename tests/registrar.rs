@@ -573,3 +573,47 @@ both_backends!(r1_oversized_messages, |db| {
     assert_eq!(reply.code, 413);
     server.stop().await;
 });
+
+both_backends!(r9_received_only_when_nat_is_detected, |db| {
+    let server = start(db, Overrides::default()).await;
+    let ua = Udp::to(&server).await;
+    let stored = |user: &str| {
+        let aor =
+            registrar::sip::aor::parse_aor(&format!("sip:{user}@example.com"), false).unwrap();
+        let store = db.store.clone();
+        async move {
+            store.live_bindings(&aor).await.unwrap().bindings[0]
+                .received
+                .clone()
+        }
+    };
+    // sipsak's way: Via names the source exactly, the Contact listens on another port.
+    let plain = RegisterMsg::new("r9a")
+        .via("UDP", ua.port())
+        .contact("<sip:r9a@127.0.0.1:5099>");
+    assert_eq!(ua.ask(&plain.text()).await.code, 200);
+    assert_eq!(
+        stored("r9a").await,
+        None,
+        "no NAT: a proxy must use the Contact"
+    );
+    // The source differs from the Via (a NAT rewrote the port): stored.
+    let natted = RegisterMsg::new("r9b").contact("<sip:r9b@127.0.0.1:5099>");
+    assert_eq!(ua.ask(&natted.text()).await.code, 200);
+    let source = format!("sip:127.0.0.1:{};transport=udp", ua.port());
+    assert_eq!(stored("r9b").await.as_deref(), Some(source.as_str()));
+    // An RFC 1918 Contact is NAT even when the Via matches the source.
+    let private = RegisterMsg::new("r9c")
+        .via("UDP", ua.port())
+        .contact("<sip:r9c@192.168.1.20:5060>");
+    assert_eq!(ua.ask(&private.text()).await.code, 200);
+    assert_eq!(stored("r9c").await.as_deref(), Some(source.as_str()));
+    // Never with Path, NAT or not.
+    let path = RegisterMsg::new("r9d")
+        .contact("<sip:r9d@192.168.1.21:5060>")
+        .header("Path: <sip:edge.example.com;lr>")
+        .header("Supported: path");
+    assert_eq!(ua.ask(&path.text()).await.code, 200);
+    assert_eq!(stored("r9d").await, None);
+    server.stop().await;
+});

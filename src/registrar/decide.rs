@@ -370,11 +370,18 @@ fn fill(
     }
 }
 
-/// R9: the source address, when it differs from the contact's host/port and no Path was given
-/// (with Path, the first hop reaches the UA, not us).
+/// R9: the source address, only when NAT is detected the way Kamailio's default configuration
+/// detects it before `fix_nated_register()` (`nat_uac_test("19")`: the source differs from the
+/// top Via, or the Contact host is an RFC 1918 address), and no Path was given (with Path, the
+/// first hop reaches the UA, not us). A Kamailio proxy sharing the table sends to `received`
+/// whenever it is set, so one stored for a UA that merely listens on another port than it sends
+/// from would misroute every request to it.
 fn received(register: &Register, contact: &RequestedContact) -> Option<String> {
     let source = register.source.as_ref()?;
     if register.path.is_some() {
+        return None;
+    }
+    if !source.differs_from_via && !is_rfc1918(&contact.host) {
         return None;
     }
     let same_host = source.host.eq_ignore_ascii_case(&contact.host);
@@ -386,6 +393,12 @@ fn received(register: &Register, contact: &RequestedContact) -> Option<String> {
         "sip:{}:{};transport={}",
         source.host, source.port, source.transport
     ))
+}
+
+/// 10/8, 172.16/12, 192.168/16 (`nat_uac_test` flag 1).
+fn is_rfc1918(host: &str) -> bool {
+    host.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|ip| ip.is_private())
 }
 
 #[cfg(test)]

@@ -371,30 +371,44 @@ fn r8_single_contact_keeps_only_the_first_new_contact() {
 }
 
 #[test]
-fn r9_received_is_the_source_when_it_differs_and_no_path() {
-    let mut reg = register(vec![contact("sip:a@10.0.0.1:5060")]);
-    reg.source = Some(Source {
-        host: "203.0.113.9".into(),
-        port: 40000,
-        transport: "udp".into(),
-    });
-    let (_, after) = run(&reg, &Policy::default(), &[], now());
+fn r9_received_only_behind_nat_and_without_path() {
+    let source = |host: &str, port: u16, differs_from_via: bool| {
+        Some(Source {
+            host: host.into(),
+            port,
+            transport: "udp".into(),
+            differs_from_via,
+        })
+    };
+    let received = |reg: &Register| {
+        run(reg, &Policy::default(), &[], now()).1[0]
+            .received
+            .clone()
+    };
+    // The source differs from the Via (rport case): stored.
+    let mut reg = register(vec![contact("sip:a@198.51.100.1:5060")]);
+    reg.source = source("203.0.113.9", 40000, true);
     assert_eq!(
-        after[0].received.as_deref(),
+        received(&reg).as_deref(),
         Some("sip:203.0.113.9:40000;transport=udp")
     );
-    reg.path = Some("<sip:edge.example.com;lr>".into());
-    let (_, after) = run(&reg, &Policy::default(), &[], now());
-    assert_eq!(after[0].received, None);
-    assert_eq!(after[0].path.as_deref(), Some("<sip:edge.example.com;lr>"));
-    reg.path = None;
-    reg.source = Some(Source {
-        host: "10.0.0.1".into(),
-        port: 5060,
-        transport: "udp".into(),
-    });
-    let (_, after) = run(&reg, &Policy::default(), &[], now());
-    assert_eq!(after[0].received, None);
+    // Via matches the source, Contact on another (public) port: no NAT, not stored.
+    reg.source = source("198.51.100.1", 40000, false);
+    assert_eq!(received(&reg), None);
+    // An RFC 1918 Contact is NAT even with a matching Via.
+    let mut private = register(vec![contact("sip:a@192.168.1.20:5060")]);
+    private.source = source("203.0.113.9", 40000, false);
+    assert_eq!(
+        received(&private).as_deref(),
+        Some("sip:203.0.113.9:40000;transport=udp")
+    );
+    // Never with Path.
+    private.path = Some("<sip:edge.example.com;lr>".into());
+    assert_eq!(received(&private), None);
+    // Behind NAT but reaching us from the Contact's own address: nothing to add.
+    let mut same = register(vec![contact("sip:a@10.0.0.1:5060")]);
+    same.source = source("10.0.0.1", 5060, true);
+    assert_eq!(received(&same), None);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use super::request::{Contacts, Refusal, Register, RequestedContact, Source};
 use crate::sip::aor::{AorError, aor_of};
-use crate::sip::header::{NameAddr, split_list};
+use crate::sip::header::{NameAddr, Via, split_list};
 use crate::sip::request::Request;
 use crate::sip::uri::{Scheme, Uri};
 use crate::sip::wire::parse_u32;
@@ -59,6 +59,7 @@ pub fn register_of(
             host: origin.peer_host(),
             port: origin.peer.port(),
             transport: origin.transport.as_str().to_string(),
+            differs_from_via: differs_from_via(request, origin),
         }),
         user_agent,
         socket: Some(origin.socket()),
@@ -151,6 +152,23 @@ fn requested_contact(text: &str) -> Result<RequestedContact, Refusal> {
         reg_id,
         methods,
     })
+}
+
+/// R9 (Kamailio `nat_uac_test` 2 and 16): the source IP differs from the top Via's host (a
+/// host name always does), or the source port from its port, 5060 when absent.
+fn differs_from_via(request: &Request, origin: &Origin) -> bool {
+    let Some(via) = request
+        .message
+        .header("Via")
+        .and_then(|v| split_list(v).first().and_then(|top| Via::parse(top)))
+    else {
+        return true;
+    };
+    let host = via.host.trim_start_matches('[').trim_end_matches(']');
+    let same_ip = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical() == origin.peer.ip().to_canonical());
+    !same_ip || via.port.unwrap_or(5060) != origin.peer.port()
 }
 
 /// R10: every Path value, in order, joined with `,` as Kamailio stores them.

@@ -17,7 +17,7 @@ pub struct Register {
     pub expires_header: Option<u32>,
     /// The Path header values joined with `,` (S1), when the request carried Path.
     pub path: Option<String>,
-    /// `sip:IP:PORT;transport=…` of the source, when it differs from the contact (R9).
+    /// Where the request came from, for `received` (R9).
     pub source: Option<Source>,
     pub user_agent: Option<String>,
     /// `proto:ip:port` of the listener that received the request.
@@ -32,6 +32,9 @@ pub struct Source {
     pub host: String,
     pub port: u16,
     pub transport: String,
+    /// The source IP or port differs from the top Via's sent-by (port 5060 when absent):
+    /// Kamailio's `nat_uac_test` flags 2 and 16.
+    pub differs_from_via: bool,
 }
 
 #[derive(Clone, Debug)]
