@@ -27,6 +27,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 REGISTER_XML = HERE / "scenarios" / "register.xml"
+REGISTER_AUTH_XML = HERE / "scenarios" / "register-auth.xml"
+# Every bench user's password (--auth): the injection files carry it as their third field.
+PASSWORD = "pw"
+# Users given a `subscriber` row per prefix with --auth: `u` new registrations (a fresh user per
+# REGISTER across every step), `r` the refresh population, `h` the latency windows.
 UNREGISTER_XML = HERE / "scenarios" / "unregister.xml"
 
 
@@ -72,12 +77,41 @@ class Server:
             self.url = db_url(admin_url, self.db)
             psql(admin_url, f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", f"CREATE DATABASE {self.db}")
         sh(str(args.binary), "--database-url", self.url, "migrate")
+        if args.auth:
+            self.add_subscribers()
+
+    def add_subscribers(self):
+        """SPEC A2 rows for every user the run may register, as `registrar users add` writes
+        them (ha1, ha1b, empty password): Kamailio's auth_db reads the same columns."""
+        most = max(self.args.rates)
+        counts = {"u": int(2 * sum(self.args.rates) * self.args.seconds) + 1,
+                  "r": self.args.users, "h": int(most * self.args.seconds) + 1}
+        if self.kind == "sqlite":
+            import hashlib
+            import sqlite3
+
+            md5 = lambda t: hashlib.md5(t.encode()).hexdigest()
+            db = sqlite3.connect(self.file)
+            db.executemany(
+                "INSERT INTO subscriber (username, domain, password, ha1, ha1b) VALUES (?, 'example.com', '', ?, ?)",
+                ((f"{p}{n}", md5(f"{p}{n}:example.com:{PASSWORD}"), md5(f"{p}{n}@example.com:example.com:{PASSWORD}"))
+                 for p, count in counts.items() for n in range(count)))
+            db.commit()
+            db.close()
+            return
+        for prefix, count in counts.items():
+            psql(self.url,
+                 "INSERT INTO subscriber (username, domain, password, ha1, ha1b) "
+                 f"SELECT '{prefix}' || n, 'example.com', '', md5('{prefix}' || n || ':example.com:{PASSWORD}'), "
+                 f"md5('{prefix}' || n || '@example.com:example.com:{PASSWORD}') FROM generate_series(0, {count - 1}) n")
+        psql(self.url, "VACUUM ANALYZE subscriber")
 
     def start(self, extra=()):
         log = open(self.work / f"{self.kind}.log", "w")
         env = dict(os.environ, TZ="UTC", PGTZ="UTC", RUST_LOG="warn")
         if self.kind in ("registrar", "sqlite"):
-            cmd = [str(self.args.binary), "--database-url", self.url, "serve", "--auth", "off",
+            auth = () if self.args.auth else ("--auth", "off")
+            cmd = [str(self.args.binary), "--database-url", self.url, "serve", *auth,
                    "--listen", f"udp:127.0.0.1:{self.port}", "--db-pool-size", str(self.args.concurrency),
                    "--no-migrate", *(extra or ("--cleanup-interval", "3600"))]
         else:
@@ -88,6 +122,8 @@ class Server:
             text = text.replace("!CHILDREN!8!", f"!CHILDREN!{self.args.concurrency}!")
             cfg.write_text(text)
             cmd = ["kamailio", "-f", str(cfg), "-DD", "-E", "-m", "256", "-M", "16", "-P", str(self.work / "kamailio.pid")]
+            if self.args.auth:
+                cmd += ["-A", "WITH_AUTH"]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         # Ready when it answers OPTIONS.
         import socket
@@ -173,7 +209,7 @@ def random_users_file(work, prefix, population, count):
             f.write("SEQUENTIAL\n")
             # Fewer users than REGISTERs: each comes back once per pass over the population.
             for i in range(count):
-                f.write(f"{prefix}{order[i % len(order)]};example.com\n")
+                f.write(f"{prefix}{order[i % len(order)]};example.com;{PASSWORD}\n")
     return path
 
 
@@ -183,7 +219,7 @@ def users_file(work, prefix, first, count):
         with open(path, "w") as f:
             f.write("SEQUENTIAL\n")
             for n in range(first, first + count):
-                f.write(f"{prefix}{n};example.com\n")
+                f.write(f"{prefix}{n};example.com;{PASSWORD}\n")
     return path
 
 
@@ -201,13 +237,21 @@ def sipp(args, work, server, scenario, users, rate, calls, rtt=False):
         if args.fineclock:
             env["LD_PRELOAD"] = str(args.fineclock)
     started = time.monotonic()
-    subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.monotonic() - started
+    # 0: every call succeeded; 1: some failed (counted below). Anything else (97, 99, 255...)
+    # is SIPp itself failing: the step measured nothing, so the run stops (issue 18).
+    if done.returncode not in (0, 1) or not stat.exists():
+        raise SystemExit(f"sipp exited {done.returncode} for {scenario.name} at {rate}/s:\n"
+                         + "\n".join(done.stderr.splitlines()[-10:]))
     rows = list(csv.reader(open(stat), delimiter=";"))
     header, last = rows[0], rows[-1]
     col = {name: i for i, name in enumerate(header)}
     ok = int(last[col["SuccessfulCall(C)"]])
     failed = int(last[col["FailedCall(C)"]])
+    if args.require_all and (failed or ok != calls):
+        raise SystemExit(f"{server.kind} {scenario.name} at {rate}/s: {ok} of {calls} REGISTERs succeeded "
+                         f"({failed} failed); --require-all wants every one")
     times = []
     if rtt:
         for f in work.glob("*_rtt.csv"):
@@ -226,9 +270,15 @@ def percentile(values, p):
     return values[k]
 
 
+def scenario_xml(args, scenario):
+    if scenario == "unregister":
+        return UNREGISTER_XML
+    return REGISTER_AUTH_XML if args.auth else REGISTER_XML
+
+
 def scenario_run(args, work, server, scenario):
     """Steps the rate up; returns the result row for this registrar and scenario."""
-    xml = UNREGISTER_XML if scenario == "unregister" else REGISTER_XML
+    xml = scenario_xml(args, scenario)
     next_user = 0
     peak_memory = 0
 
@@ -261,7 +311,7 @@ def latency_at(args, work, server, scenario, rate):
     """p50 and p99 response time in ms of `scenario` at `rate`, SIPp's clock made fine: the
     medians over `args.latency_runs` windows, each on a freshly reset table, so that one stall
     of the shared machine (a checkpoint, another process) does not decide the figure alone."""
-    xml = UNREGISTER_XML if scenario == "unregister" else REGISTER_XML
+    xml = scenario_xml(args, scenario)
     calls = int(rate * args.seconds)
     p50s, p99s = [], []
     for _ in range(args.latency_runs):
@@ -427,7 +477,15 @@ def main():
     p.add_argument("--concurrency", type=int, default=8, help="Kamailio children, our pool, pgbench clients")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--scale", action="store_true", help="run the scale test (1,000,000 bindings, cleanup) instead")
+    p.add_argument("--auth", action="store_true",
+                   help="digest authentication on both registrars (SPEC A8): 401, then the authenticated REGISTER")
+    p.add_argument("--require-all", action="store_true",
+                   help="fail the run when any REGISTER fails (bench/run --smoke)")
     args = p.parse_args()
+    if args.auth and "unregister" in args.scenarios.split(","):
+        args.scenarios = ",".join(s for s in args.scenarios.split(",") if s != "unregister")
+        print("  --auth: measuring new and refresh (an authenticated de-registration is the same "
+              "exchange as a refresh)", flush=True)
     args.rates = [int(r) for r in args.rates.split(",")]
     work = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
     results = []
