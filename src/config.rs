@@ -162,6 +162,9 @@ pub struct Overrides {
     /// P-CSCF: PUBLISH attempts per identity before giving up, 1..=100 [default: 5]
     #[arg(long, value_name = "N")]
     pub publish_max_attempts: Option<u32>,
+    /// HTTP listener for /metrics, /healthz, /readyz: IP:PORT, or `off` [default: 127.0.0.1:9060]
+    #[arg(long, value_name = "IP:PORT|off")]
+    pub http_listen: Option<String>,
     /// Seconds within which every request is answered, 0.1..=60 [default: 5]
     #[arg(long, value_name = "SECONDS")]
     pub request_deadline: Option<f64>,
@@ -245,6 +248,8 @@ pub struct Settings {
     pub max_contacts_per_register: usize,
     /// Every request is answered within this (H6).
     pub request_deadline: Duration,
+    /// The operations listener (O1); `None` when off.
+    pub http_listen: Option<SocketAddr>,
     pub tcp: TcpLimits,
     pub sqlite_synchronous: crate::store::Synchronous,
     pub retry_after: u32,
@@ -487,6 +492,14 @@ impl Settings {
                 1000,
             )? as usize,
             request_deadline: seconds(o.request_deadline, 5.0, "request-deadline", 0.1, 60.0)?,
+            http_listen: match o.http_listen.as_deref().unwrap_or("127.0.0.1:9060") {
+                "off" => None,
+                text => Some(text.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "invalid --http-listen '{text}': expected IP:PORT or off"
+                    ))
+                })?),
+            },
             tcp,
             sqlite_synchronous: o.sqlite_synchronous.unwrap_or_default(),
             retry_after: ranged(o.retry_after, 5, "retry-after", 0, 3600)?,
@@ -612,6 +625,7 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         max_message_size,
         tcp_idle_timeout,
         request_deadline,
+        http_listen,
         tcp_max_inflight,
         tcp_write_timeout,
         tcp_message_timeout,

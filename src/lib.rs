@@ -6,6 +6,8 @@ pub mod aor;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod pcscf;
 pub mod registrar;
 pub mod server;

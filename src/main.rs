@@ -45,10 +45,13 @@ fn main() -> ExitCode {
         }
     }
     limit_malloc_arenas();
-    registrar::telemetry::init(match cli.command {
-        Command::Serve(_) => "info",
-        _ => "warn",
-    });
+    registrar::telemetry::init(
+        match cli.command {
+            Command::Serve(_) => "info",
+            _ => "warn",
+        },
+        cli.log_format,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

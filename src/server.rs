@@ -22,7 +22,6 @@ use crate::transport::udp::UdpListener;
 use crate::transport::{Handler, Stats};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +57,8 @@ pub struct Running {
     pub pcscf: Option<Arc<Pcscf>>,
     /// Accepted stream connections holding a slot (H4).
     pub slots: Arc<Slots>,
+    /// The operations listener's address (O1), when on.
+    pub http: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     store: Store,
@@ -177,13 +178,31 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
             Some(Arc::clone(p))
         }
     };
-    tracing::info!(?udp, ?tcp, role = ?settings.role, "listening");
+    let http = match settings.http_listen {
+        Some(addr) => Some(
+            crate::http::start(
+                addr,
+                store.clone(),
+                settings.role == Role::Pcscf,
+                shutdown.clone(),
+                &tasks,
+            )
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: format!("http {addr}"),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    tracing::info!(?udp, ?tcp, ?http, role = ?settings.role, "listening");
     Ok(Running {
         udp,
         tcp,
         stats,
         pcscf,
         slots,
+        http,
         shutdown,
         tasks,
         store,
@@ -365,7 +384,7 @@ impl Roles {
     fn invalid(&self, invalid: Invalid) -> Option<Response> {
         match invalid.rejection {
             Rejection::Drop(why) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.drop_input("unparseable");
                 tracing::debug!(why, "request dropped");
                 None
             }

@@ -366,6 +366,7 @@ async fn h6_a_frozen_postgres_is_answered_within_the_deadline() {
     let url = proxy.url(&db.url);
     let flags = Overrides {
         listen: vec!["udp:127.0.0.1:0".into()],
+        http_listen: Some("127.0.0.1:0".into()),
         auth: Some(AuthMode::Off),
         request_deadline: Some(1.0),
         ..Overrides::default()

@@ -37,6 +37,7 @@ async fn r13_postgres_outage_is_500_with_retry_after_then_recovery() {
     let store = Store::connect(&url, &options).await.unwrap();
     let flags = Overrides {
         listen: vec!["udp:127.0.0.1:0".into()],
+        http_listen: Some("127.0.0.1:0".into()),
         retry_after: Some(7),
         auth: Some(registrar::auth::AuthMode::Off),
         ..Overrides::default()

@@ -25,7 +25,15 @@ fn start(url: &str, scscf: &str) -> Instance {
         .unwrap()
         .port();
     let child = Command::new(env!("CARGO_BIN_EXE_registrar"))
-        .args(["serve", "--role", "pcscf", "--scscf", scscf])
+        .args([
+            "serve",
+            "--role",
+            "pcscf",
+            "--scscf",
+            scscf,
+            "--http-listen",
+            "off",
+        ])
         .args(["--listen", &format!("udp:127.0.0.1:{port}")])
         .args([
             "--audit-interval",

@@ -23,7 +23,15 @@ impl Instance {
         };
         let listen = format!("udp:127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_registrar"))
-            .args(["serve", "--auth", "off", "--listen", &listen])
+            .args([
+                "serve",
+                "--auth",
+                "off",
+                "--http-listen",
+                "off",
+                "--listen",
+                &listen,
+            ])
             .args(extra)
             .env("DATABASE_URL", url)
             .env("RUST_LOG", "warn")

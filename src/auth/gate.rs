@@ -11,6 +11,7 @@ use super::nonce::{NonceError, Sealer, Secret};
 use super::replay::{ReplayGuard, Use};
 use super::{AuthMode, AuthSettings, ban::BanList};
 use crate::aor::Aor;
+use crate::metrics::METRICS;
 use crate::sip::Origin;
 use crate::sip::request::Request;
 use crate::sip::response::Response;
@@ -119,6 +120,7 @@ impl Authenticator {
         }
         let ip = origin.peer.ip();
         if self.bans.is_banned(ip, Instant::now()) {
+            METRICS.auth("banned");
             return Admission::Answer(Response::to(&request.message, 403, "Forbidden"));
         }
         let d = match self.credentials_for_realm(request, &aor.domain) {
@@ -174,6 +176,7 @@ impl Authenticator {
     /// fresh challenge whatever the cause, so that the answer never tells whether the user
     /// exists.
     pub fn denied(&self, request: &Request, origin: &Origin, aor: &Aor) -> Response {
+        METRICS.auth("failed");
         let ip = origin.peer.ip();
         if self.bans.failed(ip, Instant::now()) {
             tracing::warn!(
@@ -183,11 +186,17 @@ impl Authenticator {
                 "too many failed authentications; source banned"
             );
         }
-        self.challenge(request, aor, false)
+        self.fresh_challenge(request, aor, false)
+    }
+
+    /// A challenge to a REGISTER without (valid, current) credentials, counted as such.
+    fn challenge(&self, request: &Request, aor: &Aor, stale: bool) -> Response {
+        METRICS.auth(if stale { "stale" } else { "challenged" });
+        self.fresh_challenge(request, aor, stale)
     }
 
     /// 401 with one `WWW-Authenticate` per offered algorithm, in order (SPEC A3).
-    fn challenge(&self, request: &Request, aor: &Aor, stale: bool) -> Response {
+    fn fresh_challenge(&self, request: &Request, aor: &Aor, stale: bool) -> Response {
         let nonce = self.sealer.issue(unix_ms());
         let realm = quote(&aor.domain);
         let stale = if stale { ", stale=true" } else { "" };

@@ -29,6 +29,9 @@ pub struct Cli {
     /// TOML config file (keys are the serve flags in snake_case)
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log lines as text or JSON objects (one per line)
+    #[arg(long, global = true, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(flatten)]
     pub policy: PolicyFlags,
     #[command(subcommand)]

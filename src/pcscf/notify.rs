@@ -13,6 +13,21 @@ use crate::store::{Pcontact, PcontactChange, PcontactPlan, RegState};
 use chrono::TimeDelta;
 
 pub async fn handle(pcscf: &Pcscf, request: &Request, origin: &Origin) -> Response {
+    let response = apply(pcscf, request, origin).await;
+    let result = match response.code {
+        200..=299 => "applied",
+        403 => "forbidden",
+        400 | 489 => "malformed",
+        _ => "failed",
+    };
+    crate::metrics::METRICS
+        .regevent_notify
+        .get_or_create(&crate::metrics::ResultLabel { result })
+        .inc();
+    response
+}
+
+async fn apply(pcscf: &Pcscf, request: &Request, origin: &Origin) -> Response {
     let msg = &request.message;
     // SPEC H5: only the S-CSCF (or a network the operator names) may change pcontacts; a Via
     // naming the S-CSCF proves nothing. Before the body is even read.

@@ -52,6 +52,7 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
             let result = send(&pcscf, &impu, &pcontact.aor, &call_id, cseq).await;
             cseq += 1;
             if result.is_ok() {
+                published("ok");
                 tracing::info!(%impu, contact = %pcontact.aor, "expiry PUBLISHed");
                 done.push(impu.clone());
                 attempts = 0;
@@ -59,11 +60,13 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
             }
             attempts += 1;
             if attempts >= config.publish_max_attempts {
+                published("given_up");
                 tracing::warn!(%impu, contact = %pcontact.aor, attempts, reason = %result.unwrap_err(), "giving up the expiry PUBLISH");
                 done.push(impu.clone());
                 attempts = 0;
                 break;
             }
+            published("retry");
             let pause = config.publish_backoff * 2u32.saturating_pow(attempts - 1);
             tracing::info!(%impu, attempts, ?pause, reason = %result.unwrap_err(), "expiry PUBLISH failed; retrying");
             let progress = PublishProgress {
@@ -89,6 +92,14 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
             tracing::warn!(error = %e, "could not remove the published pcontact; its claim will lapse")
         }
     }
+}
+
+/// `pcscf_publish_total{result}`.
+fn published(result: &'static str) {
+    crate::metrics::METRICS
+        .pcscf_publish
+        .get_or_create(&crate::metrics::ResultLabel { result })
+        .inc();
 }
 
 /// Renews the claim with the progress so far; `false` when the pcontact is gone or another

@@ -27,6 +27,14 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     supported: &["path"],
 };
 
+/// `pcscf_register_refused_total{reason}`.
+fn refused(reason: &'static str) {
+    crate::metrics::METRICS
+        .pcscf_refused
+        .get_or_create(&crate::metrics::ReasonLabel { reason })
+        .inc();
+}
+
 /// Kamailio's answer while a de-registration is in progress (SPEC P1).
 pub const DEREGISTER_IN_PROGRESS: &str = "Deregister in progress - Please try again";
 
@@ -198,8 +206,12 @@ impl Pcscf {
             Err(e) => return self.store_failure(msg, e),
         };
         match applied.outcome {
-            Admission::Refuse => return Response::to(msg, 500, DEREGISTER_IN_PROGRESS),
+            Admission::Refuse => {
+                refused("window");
+                return Response::to(msg, 500, DEREGISTER_IN_PROGRESS);
+            }
             Admission::RefuseAndPublish => {
+                refused("publish");
                 if let Some(p) = applied.pcontact {
                     tracing::info!(contact = %p.aor, "pcontact expired past the notify window; publishing its expiry");
                     let this = Arc::clone(self);

@@ -8,6 +8,7 @@ use super::extract::{ParseRules, register_of};
 use super::request::{Policies, Refusal};
 use super::service::{Registration, register};
 use crate::auth::{Admission, AuthSettings, Authenticator};
+use crate::metrics::METRICS;
 use crate::sip::Origin;
 use crate::sip::header::option_tags;
 use crate::sip::methods::{Capabilities, triage};
@@ -51,6 +52,22 @@ pub struct Registrar {
     overload: Overload,
 }
 
+/// `registrar_inflight_registers` for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        METRICS.inflight_registers.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.inflight_registers.dec();
+    }
+}
+
 /// Overload refusals, logged once per second with their count instead of one line each.
 #[derive(Default)]
 struct Overload {
@@ -88,7 +105,12 @@ impl Registrar {
         if let Some(answer) = triage(request, &CAPABILITIES) {
             return answer;
         }
-        Some(self.handle_register(request, origin).await)
+        let started = std::time::Instant::now();
+        let response = self.handle_register(request, origin).await;
+        METRICS
+            .register_duration
+            .observe(started.elapsed().as_secs_f64());
+        Some(response)
     }
 
     async fn handle_register(&self, request: &Request, origin: &Origin) -> Response {
@@ -119,10 +141,13 @@ impl Registrar {
             Admission::Verify(verification) => Some(verification),
         };
         let Ok(_permit) = self.in_flight.try_acquire() else {
+            METRICS.dropped("overload");
             self.overload.note();
             return self.unavailable(request, 503, "Service Unavailable");
         };
         let policy = self.config.policies.for_domain(&wanted.aor.domain);
+        let authenticated = credentials.is_some();
+        let _inflight = InFlight::enter();
         let work = register(&self.store, &policy, &wanted, credentials.as_ref());
         let Ok(result) = tokio::time::timeout(self.config.request_deadline, work).await else {
             // H6: the UA hears within the deadline. The work may still commit (its outcome is
@@ -133,6 +158,9 @@ impl Registrar {
         match result {
             Ok(Err(_denied)) => self.auth.denied(request, origin, &wanted.aor),
             Ok(Ok(registration)) => {
+                if authenticated {
+                    METRICS.auth("ok");
+                }
                 log_change(&registration);
                 match &registration.outcome {
                     Outcome::Registered => registered(request, &registration),
@@ -145,6 +173,17 @@ impl Registrar {
 
     /// R13: a database that is down or busy is worth retrying; a rejected row is not.
     fn store_failure(&self, request: &Request, error: StoreError) -> Response {
+        METRICS
+            .db_errors
+            .get_or_create(&crate::metrics::KindLabel {
+                kind: match &error {
+                    StoreError::Unavailable(_) => "unavailable",
+                    StoreError::Busy => "busy",
+                    StoreError::Rejected(_) => "rejected",
+                    _ => "other",
+                },
+            })
+            .inc();
         match error {
             StoreError::Busy => {
                 tracing::warn!(%error, "database busy");

@@ -136,6 +136,9 @@ async fn run<B: Batch>(backend: &B, batch: Vec<Job>) {
     if batch.is_empty() {
         return;
     }
+    crate::metrics::METRICS
+        .db_batch_size
+        .observe(batch.len() as f64);
     match backend.run(&batch).await {
         Ok(results) => {
             for (job, result) in batch.into_iter().zip(results) {

@@ -8,6 +8,7 @@
 mod binding;
 mod coalesce;
 mod error;
+mod gauges;
 mod migrate;
 mod pcontact;
 mod postgres;
@@ -16,6 +17,7 @@ mod subscriber;
 
 pub use binding::{Aor, AorSnapshot, Applied, Binding, Plan, Reads, Removal, Written};
 pub use error::StoreError;
+pub use gauges::LocationCounts;
 pub use migrate::MigrationReport;
 pub use pcontact::{
     ContactAddress, Pcontact, PcontactApplied, PcontactChange, PcontactPlan, PcontactSnapshot,

@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -242,7 +241,7 @@ impl<H: Handler> Connection<H> {
         let message = match wire::parse(&data) {
             Ok(m) => m,
             Err(_) => {
-                self.settings.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.settings.stats.drop_input("unparseable");
                 return;
             }
         };
@@ -259,11 +258,14 @@ impl<H: Handler> Connection<H> {
         reason: &'static str,
         tx: &mpsc::Sender<Vec<u8>>,
     ) {
-        self.settings.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.settings.stats.drop_input("framing");
         if let Ok(message) = wire::parse(head)
             && message.is_request()
             && message.header("Via").is_some()
         {
+            if let Some(method) = message.method() {
+                crate::metrics::METRICS.response(method, code);
+            }
             let _ = tx
                 .send(Response::to(&message, code, reason).to_bytes())
                 .await;

@@ -36,6 +36,12 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counts input dropped unanswered (`transport_dropped_total{reason}`).
+    pub fn drop_input(&self, reason: &'static str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.dropped(reason);
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -94,11 +100,14 @@ async fn dispatch<H: Handler>(
     if message.is_request() {
         stamp_top_via(&mut message, origin.peer);
     }
+    // O2: one count per response sent, labelled from a fixed set of methods.
+    let method = crate::metrics::method_label(message.method().unwrap_or(""));
     async move {
         tracing::debug!(headers = ?Redacted(&message.headers), "received");
         let response = handler.handle(message, origin).await;
         if let Some(r) = &response {
             tracing::debug!(code = r.code, "answered");
+            crate::metrics::METRICS.response(method, r.code);
         }
         response
     }

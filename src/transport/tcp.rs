@@ -48,6 +48,7 @@ impl Slots {
         }
         held.0 += 1;
         held.1.insert(ip, per_ip + 1);
+        crate::metrics::METRICS.tcp_connections.set(held.0 as i64);
         Some(Slot {
             slots: Arc::clone(self),
             ip,
@@ -73,6 +74,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut held = self.slots.lock();
         held.0 = held.0.saturating_sub(1);
+        crate::metrics::METRICS.tcp_connections.set(held.0 as i64);
         if let Some(n) = held.1.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

@@ -52,7 +52,7 @@ impl<H: Handler> UdpListener<H> {
                 }
             };
             if len >= MAX_DATAGRAM || len > this.max_message_size {
-                this.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                this.stats.drop_input("too_large");
                 tracing::debug!(%peer, len, "datagram too large; dropped");
                 continue;
             }
@@ -63,7 +63,7 @@ impl<H: Handler> UdpListener<H> {
                 continue;
             }
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                this.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                this.stats.drop_input("overload");
                 continue;
             };
             let data = buf[..len].to_vec();
@@ -80,7 +80,7 @@ impl<H: Handler> UdpListener<H> {
             Ok(m) => m,
             Err(WireError::KeepAlive) => return,
             Err(WireError::Unparseable(why)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.drop_input("unparseable");
                 tracing::debug!(%peer, why, "unparseable datagram dropped");
                 return;
             }
@@ -102,6 +102,10 @@ impl<H: Handler> UdpListener<H> {
                 Lookup::InFlight => return,
                 Lookup::Answered(bytes, to) => {
                     self.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::METRICS.retrans_cache_hits.inc();
+                    if let (Some(method), Some(code)) = (message.method(), status_of(&bytes)) {
+                        crate::metrics::METRICS.response(method, code);
+                    }
                     self.send(&bytes, to).await;
                     return;
                 }
@@ -131,4 +135,9 @@ impl<H: Handler> UdpListener<H> {
             tracing::debug!(%to, error = %e, "UDP send failed");
         }
     }
+}
+
+/// The status code of serialized response bytes (`SIP/2.0 200 OK…`).
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    std::str::from_utf8(bytes.get(8..11)?).ok()?.parse().ok()
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod digest;
+pub mod http;
 pub mod pg;
 pub mod proxy;
 pub mod scscf;

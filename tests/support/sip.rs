@@ -18,6 +18,7 @@ use super::TestDb;
 pub async fn start(db: &TestDb, flags: Overrides) -> Running {
     let flags = Overrides {
         listen: vec!["udp:127.0.0.1:0".into(), "tcp:127.0.0.1:0".into()],
+        http_listen: flags.http_listen.or(Some("127.0.0.1:0".into())),
         auth: flags.auth.or(Some(registrar::auth::AuthMode::Off)),
         ..flags
     };

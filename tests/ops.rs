@@ -1,0 +1,317 @@
+//! Operations (SPEC O1, O2): the HTTP listener's health, readiness and metrics, with the values
+//! that traffic should move asserted, not only the names. The metrics are process-wide, so the
+//! metrics test is one test function per role (tests in this binary that send SIP run one at a
+//! time through `SERIAL`).
+
+mod support;
+
+use registrar::auth::AuthMode;
+use registrar::config::Overrides;
+use registrar::metrics::METRICS;
+use std::time::Duration;
+use support::TestDb;
+use support::digest::{Challenge, add_user};
+use support::http::{get, series};
+use support::sip::{RegisterMsg, Tcp, Udp, request, start};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn now_value(name: &str) -> f64 {
+    series(&METRICS.encode(), name).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o1_o2_registrar_metrics_move_with_traffic() {
+    let _one = SERIAL.lock().await;
+    let db = TestDb::sqlite().await;
+    add_user(&db, "mia", "example.com", "secret").await;
+    let server = start(
+        &db,
+        Overrides {
+            auth: Some(AuthMode::Digest),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let http = server.http.expect("the HTTP listener is on");
+    let names = [
+        "registrar_requests_total{method=\"REGISTER\",code=\"401\"}",
+        "registrar_requests_total{method=\"REGISTER\",code=\"200\"}",
+        "registrar_requests_total{method=\"OPTIONS\",code=\"200\"}",
+        "registrar_auth_total{result=\"challenged\"}",
+        "registrar_auth_total{result=\"ok\"}",
+        "registrar_auth_total{result=\"failed\"}",
+        "registrar_retrans_cache_hits_total",
+        "registrar_register_duration_seconds_count",
+        "registrar_db_batch_size_count",
+        "transport_dropped_total{reason=\"unparseable\"}",
+    ];
+    let before: Vec<f64> = names.iter().map(|n| now_value(n)).collect();
+
+    let ua = Udp::to(&server).await;
+    let msg = RegisterMsg::new("mia").contact("<sip:mia@192.0.2.5>");
+    let challenge = Challenge::first(&ua.ask(&msg.text()).await);
+    let authorized =
+        msg.clone()
+            .cseq(2)
+            .header(&challenge.answer("mia", "secret", "sip:example.com", 1));
+    let text = authorized.text();
+    assert_eq!(ua.ask(&text).await.code, 200);
+    // The same bytes again: a retransmission, answered from the cache.
+    assert_eq!(ua.ask(&text).await.code, 200);
+    let wrong = msg
+        .clone()
+        .cseq(3)
+        .header(&challenge.answer("mia", "wrong", "sip:example.com", 2));
+    assert_eq!(ua.ask(&wrong.text()).await.code, 401);
+    assert_eq!(
+        ua.ask(&request("OPTIONS", "sip:example.com")).await.code,
+        200
+    );
+    ua.send("this is not SIP\r\n\r\n").await;
+    let mut tcp = Tcp::to(&server).await;
+    let _ = tcp.closed_within(Duration::from_millis(200)).await;
+
+    let scrape = get(http, "/metrics").await;
+    assert_eq!(scrape.status, 200);
+    let text = scrape.body;
+    let delta = |i: usize| series(&text, names[i]).unwrap_or(0.0) - before[i];
+    // 401 twice: the challenge and the wrong password.
+    // Two batches: the right and the wrong password are both verified in the database.
+    let expected = [2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0, 2.0, 1.0];
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(delta(i), *want, "{}\n{text}", names[i]);
+    }
+    assert_eq!(series(&text, "registrar_bindings"), Some(1.0), "{text}");
+    assert_eq!(series(&text, "registrar_aors"), Some(1.0));
+    assert_eq!(series(&text, "registrar_inflight_registers"), Some(0.0));
+    assert_eq!(series(&text, "transport_tcp_connections"), Some(1.0));
+    assert!(series(&text, "process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(series(&text, "process_open_fds").unwrap() > 3.0);
+    assert!(text.contains("process_cpu_seconds_total "));
+    drop(tcp);
+
+    assert_eq!(get(http, "/healthz").await.status, 200);
+    assert_eq!(get(http, "/nope").await.status, 404);
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = get(http, "/readyz").await.status;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o1_readyz_follows_the_database() {
+    use registrar::config::Settings;
+    use registrar::store::{ConnectOptions, Store};
+    use support::proxy::Proxy;
+    let Some(db) = TestDb::postgres().await else {
+        return support::pg::skip("o1_readyz_follows_the_database");
+    };
+    let target = url::Url::parse(&db.url).unwrap();
+    let target = tokio::net::lookup_host(format!(
+        "{}:{}",
+        target.host_str().unwrap(),
+        target.port().unwrap_or(5432)
+    ))
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = Proxy::start(target).await;
+    let url = proxy.url(&db.url);
+    let flags = Overrides {
+        listen: vec!["udp:127.0.0.1:0".into()],
+        http_listen: Some("127.0.0.1:0".into()),
+        auth: Some(AuthMode::Off),
+        ..Overrides::default()
+    };
+    let settings = Settings::load(None, Some(url.clone()), flags).unwrap();
+    let options = ConnectOptions {
+        pool_size: 4,
+        acquire_timeout: Duration::from_millis(500),
+        ..ConnectOptions::default()
+    };
+    let store = Store::connect(&url, &options).await.unwrap();
+    let running = registrar::server::start(&settings, store).await.unwrap();
+    let http = running.http.unwrap();
+    let until = async |want: u16| {
+        for _ in 0..150 {
+            let r = get(http, "/readyz").await;
+            if r.status == want {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("/readyz never answered {want}");
+    };
+    until(200).await;
+    proxy.down();
+    let r = until(503).await;
+    assert!(r.body.contains("database"), "{}", r.body);
+    assert_eq!(
+        get(http, "/healthz").await.status,
+        200,
+        "alive all the same"
+    );
+    proxy.up();
+    until(200).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o2_pcscf_metrics_move_with_traffic() {
+    use registrar::config::Role;
+    use support::scscf::Scscf;
+    let _one = SERIAL.lock().await;
+    let db = TestDb::sqlite().await;
+    let scscf = Scscf::start().await;
+    let server = start(
+        &db,
+        Overrides {
+            role: Some(Role::Pcscf),
+            scscf: Some(scscf.uri()),
+            notify_window: Some(30.0),
+            audit_interval: Some(3600.0),
+            t1_ms: Some(40),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let http = server.http.unwrap();
+    let names = [
+        "regevent_notify_total{result=\"applied\"}",
+        "regevent_notify_total{result=\"forbidden\"}",
+        "pcscf_register_refused_total{reason=\"window\"}",
+        "pcscf_register_refused_total{reason=\"publish\"}",
+        "pcscf_publish_total{result=\"ok\"}",
+    ];
+    let before: Vec<f64> = names.iter().map(|n| now_value(n)).collect();
+    let ue = Udp::to(&server).await;
+    let mut reg = RegisterMsg::new("ue1")
+        .via("UDP", ue.port())
+        .contact(&format!("<sip:ue1@127.0.0.1:{}>;expires=600", ue.port()));
+    reg.domain = "ims.example.com".into();
+    assert_eq!(ue.ask(&reg.text()).await.code, 200);
+    let contact = format!("sip:ue1@127.0.0.1:{}", ue.port());
+    let body = format!(
+        "<?xml version=\"1.0\"?><reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" version=\"1\" state=\"partial\">\
+         <registration aor=\"sip:ue1@ims.example.com\" id=\"r\" state=\"active\">\
+         <contact id=\"c\" state=\"active\" event=\"refreshed\" expires=\"600\"><uri>{contact}</uri></contact>\
+         </registration></reginfo>"
+    );
+    assert_eq!(scscf.notify(server.udp[0], "reg", &body).await, Some(200));
+    let stranger = Udp::from_ip(&server, "127.0.0.2").await;
+    let notify = request("NOTIFY", &format!("sip:pcscf@{}", server.udp[0]));
+    assert_eq!(stranger.ask(&notify).await.code, 403);
+    let first = get(http, "/metrics").await.body;
+    assert_eq!(
+        series(&first, "pcscf_pcontacts{state=\"REGISTERED\"}"),
+        Some(1.0),
+        "{first}"
+    );
+    // Expired 10 s ago: inside the notify window, refused.
+    db.exec(&format!(
+        "UPDATE pcscf_location SET expires = {}",
+        db.in_seconds(-10)
+    ))
+    .await;
+    assert_eq!(ue.ask(&reg.clone().cseq(2).text()).await.code, 500);
+    // Expired an hour ago: refused, and its expiry PUBLISHed.
+    db.exec(&format!(
+        "UPDATE pcscf_location SET expires = {}",
+        db.in_seconds(-3600)
+    ))
+    .await;
+    assert_eq!(ue.ask(&reg.clone().cseq(3).text()).await.code, 500);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = METRICS.encode();
+        if series(&text, names[4]).unwrap_or(0.0) > before[4] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delta = |i: usize| series(&text, names[i]).unwrap_or(0.0) - before[i];
+    for (i, want) in [1.0, 1.0, 1.0, 1.0, 1.0].iter().enumerate() {
+        assert_eq!(delta(i), *want, "{}\n{text}", names[i]);
+    }
+    server.stop().await;
+}
+
+/// SPEC O4: `--log-format json` writes one JSON object per line, with the timestamp, the
+/// level, the message and the request span's `call_id`; never a secret (A7).
+#[test]
+fn o4_json_logs_carry_the_call_id() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registrar"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--auth",
+            "off",
+            "--http-listen",
+            "off",
+        ])
+        .args(["--listen", &format!("udp:127.0.0.1:{port}")])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "registrar=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ua = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    ua.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let text = RegisterMsg::new("json")
+        .call_id("json-call-id@test")
+        .contact("<sip:j@192.0.2.1>")
+        .text();
+    let mut answered = false;
+    for _ in 0..50 {
+        ua.send_to(text.as_bytes(), ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 4096];
+        if ua.recv_from(&mut buf).is_ok() {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "serve answered");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    child.wait().unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string())
+    );
+    let change = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "registration changed")
+        .unwrap_or_else(|| panic!("no registration line in {stderr}"));
+    assert_eq!(change["span"]["call_id"], "json-call-id@test", "{change}");
+}
