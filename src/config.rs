@@ -165,6 +165,9 @@ pub struct Overrides {
     /// HTTP listener for /metrics, /healthz, /readyz: IP:PORT, or `off` [default: 127.0.0.1:9060]
     #[arg(long, value_name = "IP:PORT|off")]
     pub http_listen: Option<String>,
+    /// File holding the bearer token the /v1 admin API requires; needed when --http-listen is not loopback
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<std::path::PathBuf>,
     /// Seconds within which every request is answered, 0.1..=60 [default: 5]
     #[arg(long, value_name = "SECONDS")]
     pub request_deadline: Option<f64>,
@@ -250,6 +253,8 @@ pub struct Settings {
     pub request_deadline: Duration,
     /// The operations listener (O1); `None` when off.
     pub http_listen: Option<SocketAddr>,
+    /// The admin API's bearer token (O3).
+    pub http_token: Option<String>,
     pub tcp: TcpLimits,
     pub sqlite_synchronous: crate::store::Synchronous,
     pub retry_after: u32,
@@ -462,6 +467,23 @@ impl Settings {
                 1_000_000,
             )? as usize,
         };
+        let http_listen = match o.http_listen.as_deref().unwrap_or("127.0.0.1:9060") {
+            "off" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "invalid --http-listen '{text}': expected IP:PORT or off"
+                ))
+            })?),
+        };
+        let http_token = o.http_token_file.as_deref().map(read_token).transpose()?;
+        if let Some(addr) = http_listen
+            && !addr.ip().is_loopback()
+            && http_token.is_none()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--http-listen {addr} is not loopback: give --http-token-file to protect the admin API"
+            )));
+        }
         Ok(Settings {
             database_url,
             db_pool_size: ranged(o.db_pool_size, 16, "db-pool-size", 1, 1000)?,
@@ -492,14 +514,8 @@ impl Settings {
                 1000,
             )? as usize,
             request_deadline: seconds(o.request_deadline, 5.0, "request-deadline", 0.1, 60.0)?,
-            http_listen: match o.http_listen.as_deref().unwrap_or("127.0.0.1:9060") {
-                "off" => None,
-                text => Some(text.parse().map_err(|_| {
-                    ConfigError::Invalid(format!(
-                        "invalid --http-listen '{text}': expected IP:PORT or off"
-                    ))
-                })?),
-            },
+            http_listen,
+            http_token,
             tcp,
             sqlite_synchronous: o.sqlite_synchronous.unwrap_or_default(),
             retry_after: ranged(o.retry_after, 5, "retry-after", 0, 3600)?,
@@ -548,6 +564,20 @@ fn seconds(
         )));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// SPEC O3: the admin API's token, the file's content without its trailing newline.
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("--http-token-file {shown}: {e}")))?;
+    let token = text.trim_end_matches(['\n', '\r']).to_string();
+    if token.len() < 16 || token.contains(|c: char| c.is_control() || c == ' ') {
+        return Err(ConfigError::Invalid(format!(
+            "--http-token-file {shown}: the token must be at least 16 characters, without spaces"
+        )));
+    }
+    Ok(token)
 }
 
 /// SPEC A3: the nonce secret shared by instances.
@@ -626,6 +656,7 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         tcp_idle_timeout,
         request_deadline,
         http_listen,
+        http_token_file,
         tcp_max_inflight,
         tcp_write_timeout,
         tcp_message_timeout,

@@ -2,6 +2,7 @@
 //! PostgreSQL or SQLite (Kamailio's usrloc DB_ONLY mode, rebuilt). See ARCHITECTURE.md for the
 //! map of the layers: cli → server → transport → roles (registrar, pcscf) → sip, store.
 
+pub mod admin;
 pub mod aor;
 pub mod auth;
 pub mod cli;

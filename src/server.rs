@@ -182,7 +182,11 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         Some(addr) => Some(
             crate::http::start(
                 addr,
-                store.clone(),
+                crate::http::api::Api {
+                    store: store.clone(),
+                    case_sensitive: settings.case_sensitive,
+                    token: settings.http_token.clone(),
+                },
                 settings.role == Role::Pcscf,
                 shutdown.clone(),
                 &tasks,

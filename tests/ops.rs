@@ -315,3 +315,147 @@ fn o4_json_logs_carry_the_call_id() {
         .unwrap_or_else(|| panic!("no registration line in {stderr}"));
     assert_eq!(change["span"]["call_id"], "json-call-id@test", "{change}");
 }
+
+fn cli(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_registrar"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Everything but the seconds left, which may tick between two reads.
+fn without_expires_in(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(list) = v.as_array_mut() {
+        for b in list {
+            b.as_object_mut().unwrap().remove("expires_in");
+        }
+    }
+    v
+}
+
+both_backends!(o3_admin_api_answers_what_the_cli_answers, |db| {
+    use support::http::send;
+    // SIP traffic here would move the counters the metrics tests assert.
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    let server = start(
+        db,
+        Overrides {
+            http_token_file: Some(token_file),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let http = server.http.unwrap();
+    let auth = "Authorization: Bearer s3cret-token-0123456789";
+    let ua = Udp::to(&server).await;
+    for (i, user) in ["ana", "ana", "ben", "cy"].iter().enumerate() {
+        let msg = RegisterMsg::new(user)
+            .call_id(&format!("c{i}"))
+            .contact(&format!("<sip:{user}@192.0.2.{}>", i + 1));
+        assert_eq!(ua.ask(&msg.text()).await.code, 200);
+    }
+    // Token enforcement: none, wrong, right; the ops endpoints never need it.
+    let path = "/v1/aors/sip:ana@example.com/bindings";
+    assert_eq!(get(http, path).await.status, 401);
+    let wrong = send(http, "GET", path, &["Authorization: Bearer nope"], "").await;
+    assert_eq!(
+        (wrong.status, wrong.json()["error"].is_string()),
+        (401, true)
+    );
+    assert_eq!(get(http, "/metrics").await.status, 200);
+    let api = send(http, "GET", path, &[auth], "").await;
+    assert_eq!(api.status, 200, "{}", api.body);
+    let shown = cli(
+        &db.url,
+        &["contacts", "show", "sip:ana@example.com", "--json"],
+    );
+    let cli_json: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(without_expires_in(api.json()), without_expires_in(cli_json));
+    assert_eq!(api.json().as_array().unwrap().len(), 2);
+    // A bad AoR: 400 with the CLI's message.
+    let bad = send(http, "GET", "/v1/aors/tel:+1555/bindings", &[auth], "").await;
+    let cli_bad = cli(&db.url, &["contacts", "show", "tel:+1555"]);
+    let cli_line = String::from_utf8_lossy(&cli_bad.stderr).trim().to_string();
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        format!("registrar: {}", bad.json()["error"].as_str().unwrap()),
+        cli_line
+    );
+    // Paging: 4 bindings, pages of 3, then the rest; a bad cursor is 400.
+    let first = send(http, "GET", "/v1/bindings?limit=3", &[auth], "")
+        .await
+        .json();
+    assert_eq!(first["bindings"].as_array().unwrap().len(), 3);
+    let next = first["next"].as_str().expect("a next cursor").to_string();
+    let second = send(
+        http,
+        "GET",
+        &format!("/v1/bindings?limit=3&after={next}"),
+        &[auth],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(second["bindings"].as_array().unwrap().len(), 1);
+    assert!(second["next"].is_null());
+    for q in ["after=zz", "limit=0", "limit=99999", "limit=x"] {
+        let r = send(http, "GET", &format!("/v1/bindings?{q}"), &[auth], "").await;
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+    }
+    let huge = format!("/v1/bindings?after={}", "9".repeat(20_000));
+    let r = send(http, "GET", &huge, &[auth], "").await;
+    assert!(matches!(r.status, 400 | 414 | 431), "{}", r.status);
+    assert_eq!(
+        send(http, "GET", "/v1/nothing", &[auth], "").await.status,
+        404
+    );
+    // Removal by contact, as the CLI's `contacts rm --contact`.
+    let removed = send(
+        http,
+        "DELETE",
+        "/v1/aors/sip:ana@example.com/bindings?contact=sip:ana@192.0.2.1",
+        &[auth],
+        "",
+    )
+    .await;
+    assert_eq!(removed.json()["removed"], 1);
+    // Users: created, changed, refused without a password, removed, then 404.
+    let user = "/v1/users/sip:ana@example.com";
+    let body = r#"{"password":"pw-1"}"#;
+    assert_eq!(send(http, "PUT", user, &[auth], body).await.status, 201);
+    assert_eq!(send(http, "PUT", user, &[auth], body).await.status, 200);
+    assert_eq!(send(http, "PUT", user, &[auth], "{}").await.status, 400);
+    let listed = cli(&db.url, &["users", "list", "--json"]);
+    let users: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(users[0]["aor"], "sip:ana@example.com");
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("pw-1"));
+    assert_eq!(send(http, "DELETE", user, &[auth], "").await.status, 200);
+    assert_eq!(send(http, "DELETE", user, &[auth], "").await.status, 404);
+    server.stop().await;
+});
+
+/// SPEC O3: an admin API reachable from elsewhere must have a token; refused at start (C6).
+#[test]
+fn o3_a_non_loopback_listener_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
+    let out = cli(
+        &url,
+        &[
+            "serve",
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--http-listen",
+            "0.0.0.0:0",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--http-token-file"), "{err}");
+}

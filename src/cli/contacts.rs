@@ -1,8 +1,9 @@
 //! `registrar contacts show|rm|dump|add` (SPEC C2–C4): Kamailio's `$ulc`, `unregister()`,
 //! `ul.dump` and `ul.add` against the `location` table.
 
-use super::output::print_bindings;
+use super::output::print_records;
 use super::{CliError, connect_briefly, parse_aor};
+use crate::admin;
 use crate::config::Settings;
 use crate::registrar::{self, Contacts, Outcome, Register, RequestedContact};
 use crate::sip::uri::Uri;
@@ -53,19 +54,18 @@ pub async fn run(cmd: ContactsCommand, settings: &Settings) -> Result<(), CliErr
         ContactsCommand::Show { aor, json } => {
             let aor = parse_aor(&aor, settings)?;
             let store = connect_briefly(settings).await?;
-            let mut snapshot = store.live_bindings(&aor).await?;
-            registrar::reply_order(&mut snapshot.bindings);
-            print_bindings(&snapshot.bindings, snapshot.now, json);
-            if !json && snapshot.bindings.is_empty() {
+            let bindings = admin::bindings(&store, &aor).await?;
+            print_records(&bindings, json);
+            if !json && bindings.is_empty() {
                 println!("no live bindings for {}", crate::sip::aor::aor_uri(&aor));
             }
         }
         ContactsCommand::Dump { json } => {
             let store = connect_briefly(settings).await?;
-            let snapshot = store.dump_bindings().await?;
-            print_bindings(&snapshot.bindings, snapshot.now, json);
+            let bindings = admin::dump(&store).await?;
+            print_records(&bindings, json);
             if !json {
-                println!("{} live binding(s)", snapshot.bindings.len());
+                println!("{} live binding(s)", bindings.len());
             }
         }
         ContactsCommand::Rm { aor, contact, ruid } => {
@@ -76,7 +76,7 @@ pub async fn run(cmd: ContactsCommand, settings: &Settings) -> Result<(), CliErr
                 (None, None) => Removal::All,
             };
             let store = connect_briefly(settings).await?;
-            let removed = store.remove_bindings(&aor, &which).await?;
+            let removed = admin::remove_bindings(&store, &aor, &which).await?;
             println!("removed {removed} binding(s)");
         }
         ContactsCommand::Add {

@@ -9,7 +9,6 @@ mod serve;
 mod users;
 
 use crate::config::{ConfigError, Overrides, Settings};
-use crate::sip::aor::AorError;
 use crate::store::{ConnectOptions, Store, StoreError};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -99,8 +98,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error("cannot use database {url}: {source}")]
     Connect { url: String, source: StoreError },
-    #[error("invalid AoR '{input}': {source}")]
-    Aor { input: String, source: AorError },
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -143,8 +142,5 @@ async fn connect_briefly(settings: &Settings) -> Result<Store, CliError> {
 }
 
 fn parse_aor(input: &str, settings: &Settings) -> Result<crate::store::Aor, CliError> {
-    crate::sip::aor::parse_aor(input, settings.case_sensitive).map_err(|source| CliError::Aor {
-        input: input.to_string(),
-        source,
-    })
+    Ok(crate::admin::parse_aor(input, settings.case_sensitive)?)
 }

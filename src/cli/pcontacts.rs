@@ -1,7 +1,8 @@
 //! `registrar pcontacts show|dump` (SPEC C4): the P-CSCF's `pcscf_location`, states by name.
 
-use super::output::print_pcontacts;
+use super::output::print_records;
 use super::{CliError, connect_briefly};
+use crate::admin;
 use crate::config::Settings;
 use crate::sip::uri::Uri;
 use crate::store::ContactAddress;
@@ -33,19 +34,30 @@ pub async fn run(cmd: PcontactsCommand, settings: &Settings) -> Result<(), CliEr
             let address = contact.as_deref().map(contact_address).transpose()?;
             let store = connect_briefly(settings).await?;
             let found = match (&address, &aor) {
-                (Some(address), _) => store.pcontact(address).await?.into_iter().collect(),
-                (None, Some(impu)) => store.pcontacts_by_impu(impu).await?,
+                (Some(address), _) => store
+                    .pcontact(address)
+                    .await?
+                    .iter()
+                    .map(|p| admin::pcontact_json(p, chrono::Utc::now()))
+                    .collect(),
+                (None, Some(impu)) => admin::pcontacts_of(&store, impu).await?,
                 (None, None) => Vec::new(),
             };
-            print_pcontacts(&found, chrono::Utc::now(), json);
+            print_records(&found, json);
             if !json && found.is_empty() {
                 println!("no pcontact found");
             }
         }
         PcontactsCommand::Dump { json } => {
             let store = connect_briefly(settings).await?;
-            let all = store.dump_pcontacts().await?;
-            print_pcontacts(&all, chrono::Utc::now(), json);
+            let now = chrono::Utc::now();
+            let all: Vec<_> = store
+                .dump_pcontacts()
+                .await?
+                .iter()
+                .map(|p| admin::pcontact_json(p, now))
+                .collect();
+            print_records(&all, json);
             if !json {
                 println!("{} pcontact(s)", all.len());
             }

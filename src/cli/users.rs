@@ -3,14 +3,11 @@
 //! no password or hash is ever printed.
 
 use super::{CliError, connect_briefly, parse_aor};
+use crate::admin;
 use crate::config::Settings;
 use crate::sip::aor::aor_uri;
-use crate::store::Subscriber;
 use clap::{Args, Subcommand};
 use std::io::BufRead;
-
-/// Longest password accepted (hashing does not care; a line this long is a mistake).
-const MAX_PASSWORD: usize = 1024;
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
@@ -60,14 +57,7 @@ impl PasswordSource {
                 line.trim_end_matches(['\n', '\r']).to_string()
             }
         };
-        if password.is_empty() {
-            return Err(CliError::Usage("the password is empty".into()));
-        }
-        if password.len() > MAX_PASSWORD || password.contains(|c: char| c.is_control()) {
-            return Err(CliError::Usage(format!(
-                "the password must be at most {MAX_PASSWORD} bytes without control characters"
-            )));
-        }
+        admin::check_password(&password)?;
         Ok(password)
     }
 }
@@ -76,81 +66,46 @@ pub async fn run(cmd: UsersCommand, settings: &Settings) -> Result<(), CliError>
     match cmd {
         UsersCommand::Add { aor, password } => {
             let aor = parse_aor(&aor, settings)?;
-            let credentials =
-                crate::auth::credentials_for(&aor.username, &aor.domain, &password.read()?);
+            let password = password.read()?;
             let store = connect_briefly(settings).await?;
-            if !store.add_subscriber(&aor, &credentials).await? {
-                return Err(CliError::Refused(format!(
-                    "user {} exists already (use `users passwd` to change its password)",
-                    aor_uri(&aor)
-                )));
-            }
+            admin::add_user(&store, &aor, &password).await?;
             println!("added user {}", aor_uri(&aor));
         }
         UsersCommand::Passwd { aor, password } => {
             let aor = parse_aor(&aor, settings)?;
-            let credentials =
-                crate::auth::credentials_for(&aor.username, &aor.domain, &password.read()?);
+            let password = password.read()?;
             let store = connect_briefly(settings).await?;
-            if !store.set_credentials(&aor, &credentials).await? {
-                return Err(CliError::Refused(format!("no user {}", aor_uri(&aor))));
-            }
+            admin::set_password(&store, &aor, &password).await?;
             println!("changed the password of {}", aor_uri(&aor));
         }
         UsersCommand::Rm { aor } => {
             let aor = parse_aor(&aor, settings)?;
             let store = connect_briefly(settings).await?;
-            if !store.remove_subscriber(&aor).await? {
-                return Err(CliError::Refused(format!("no user {}", aor_uri(&aor))));
-            }
+            admin::remove_user(&store, &aor).await?;
             println!("removed user {}", aor_uri(&aor));
         }
         UsersCommand::List { json } => {
             let store = connect_briefly(settings).await?;
-            let users = store.subscribers().await?;
-            print_users(&users, json);
+            let users = admin::users(&store).await?;
+            if json {
+                super::output::print_json(&users);
+            } else {
+                for u in &users {
+                    let held: Vec<&str> = u["credentials"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c.as_str())
+                        .collect();
+                    println!(
+                        "{}  credentials: {}",
+                        u["aor"].as_str().unwrap_or(""),
+                        held.join(" ")
+                    );
+                }
+                println!("{} user(s)", users.len());
+            }
         }
     }
     Ok(())
-}
-
-/// Which credentials a row holds, by name.
-fn held(s: &Subscriber) -> Vec<&'static str> {
-    let mut held = Vec::new();
-    if !s.password.is_empty() {
-        held.push("password");
-    }
-    if !s.ha1.is_empty() {
-        held.push("ha1");
-    }
-    if !s.ha1b.is_empty() {
-        held.push("ha1b");
-    }
-    if s.ha1_sha256.as_ref().is_some_and(|h| !h.is_empty()) {
-        held.push("ha1_sha256");
-    }
-    held
-}
-
-fn print_users(users: &[Subscriber], json: bool) {
-    if json {
-        let list: Vec<serde_json::Value> = users
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "aor": aor_uri(&s.aor),
-                    "username": s.aor.username,
-                    "domain": s.aor.domain,
-                    "credentials": held(s),
-                    "id": s.id,
-                })
-            })
-            .collect();
-        super::output::print_json(&serde_json::Value::Array(list));
-        return;
-    }
-    for s in users {
-        println!("{}  credentials: {}", aor_uri(&s.aor), held(s).join(" "));
-    }
-    println!("{} user(s)", users.len());
 }

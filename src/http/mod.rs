@@ -1,9 +1,12 @@
-//! The HTTP listener beside the SIP transports (SPEC O1): `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP listener beside the SIP transports (SPEC O1, O3): `/metrics`, `/healthz`,
+//! `/readyz`, and the admin API under `/v1` (`api.rs`).
 //! axum on the runtime already in use; nothing here is on a REGISTER's path.
 //!
 //! Readiness is the database answering: a probe task pings it every second and `/readyz` is
 //! 200 while the last answer is under 5 s old (the listeners are bound before this listener
 //! starts). Database-backed gauges are refreshed by a scrape at most every 10 s.
+
+pub mod api;
 
 use crate::metrics::{METRICS, StateLabel};
 use crate::store::{RegState, Store};
@@ -37,11 +40,12 @@ struct Ops {
 /// Binds `addr` (so that a failure is `serve`'s start-up error) and serves until `shutdown`.
 pub async fn start(
     addr: SocketAddr,
-    store: Store,
+    api: api::Api,
     pcscf: bool,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> std::io::Result<SocketAddr> {
+    let store = api.store.clone();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let ops = Arc::new(Ops {
@@ -56,8 +60,14 @@ pub async fn start(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(ops);
+        .with_state(ops)
+        .merge(api::routes(Arc::new(api)))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({ "error": "not found" })),
+            )
+        });
     tasks.spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

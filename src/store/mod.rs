@@ -154,6 +154,12 @@ impl Store {
         dispatch!(self, s => s.dump_bindings().await)
     }
 
+    /// Live bindings with `id > after`, in id order, at most `limit` (SPEC O3's paged dump: a
+    /// keyset page, so each costs an index range whatever the table's size).
+    pub async fn bindings_page(&self, after: i64, limit: u32) -> Result<AorSnapshot, StoreError> {
+        dispatch!(self, s => s.bindings_page(after, limit).await)
+    }
+
     /// Administrative removal under the AoR's lock; returns how many live bindings went.
     pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
         dispatch!(self, s => s.remove_bindings(aor, which).await)

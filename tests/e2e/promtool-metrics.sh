@@ -58,4 +58,9 @@ for series in 'registrar_requests_total{method="REGISTER",code="401"}' \
   grep -qF "$series" "$work/metrics.txt" \
     || { echo "$me: FAILED: no $series in the scrape" >&2; cat "$work/metrics.txt" >&2; exit 1; }
 done
+# The shipped monitoring configuration (docker-compose's monitoring profile) is valid too.
+promtool check config monitoring/prometheus.yml >/dev/null \
+  || { echo "$me: FAILED: promtool check config monitoring/prometheus.yml" >&2; exit 1; }
+promtool check rules monitoring/alerts.yml >/dev/null \
+  || { echo "$me: FAILED: promtool check rules monitoring/alerts.yml" >&2; exit 1; }
 echo "$me: ok ($(grep -vc '^#' "$work/metrics.txt") series; promtool check metrics passed)"

@@ -50,6 +50,25 @@ impl PgStore {
         Ok(AorSnapshot::of(now, bindings))
     }
 
+    pub async fn bindings_page(&self, after: i64, limit: u32) -> Result<AorSnapshot, StoreError> {
+        let mut conn = self.acquire().await?;
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT statement_timestamp()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let sql = format!(
+            "SELECT {BINDING_COLUMNS} FROM location WHERE id > $1 AND expires > $2 \
+             ORDER BY id LIMIT $3"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(after)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
+        let bindings = rows.iter().map(binding).collect::<Result<_, _>>()?;
+        Ok(AorSnapshot::of(now, bindings))
+    }
+
     pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         lock_aor(&mut tx, aor).await?;

@@ -61,6 +61,22 @@ impl SqliteStore {
         Ok(AorSnapshot::of(now, bindings))
     }
 
+    pub async fn bindings_page(&self, after: i64, limit: u32) -> Result<AorSnapshot, StoreError> {
+        let now = now();
+        let sql = format!(
+            "SELECT {BINDING_COLUMNS} FROM location WHERE id > ?1 AND expires > ?2 \
+             ORDER BY id LIMIT ?3"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(after)
+            .bind(to_secs(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let bindings = rows.iter().map(binding).collect::<Result<_, _>>()?;
+        Ok(AorSnapshot::of(now, bindings))
+    }
+
     pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         let (filter, value) = match which {
