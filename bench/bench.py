@@ -73,7 +73,7 @@ class Server:
             self.file = work / "bench.db"
             self.url = f"sqlite://{self.file}?mode=rwc"
         else:
-            self.db = f"bench_{kind}"
+            self.db = "bench_" + kind.replace("-", "_")
             self.url = db_url(admin_url, self.db)
             psql(admin_url, f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", f"CREATE DATABASE {self.db}")
         sh(str(args.binary), "--database-url", self.url, "migrate")
@@ -109,9 +109,18 @@ class Server:
     def start(self, extra=()):
         log = open(self.work / f"{self.kind}.log", "w")
         env = dict(os.environ, TZ="UTC", PGTZ="UTC", RUST_LOG="warn")
-        if self.kind in ("registrar", "sqlite"):
+        self.scraper = None
+        if self.kind in ("registrar", "sqlite", "registrar-nohttp"):
             auth = () if self.args.auth else ("--auth", "off")
-            cmd = [str(self.args.binary), "--database-url", self.url, "serve", *auth,
+            # Ours with its operations listener on and scraped every second (ten times
+            # Prometheus's usual rate), or (registrar-nohttp) with it off: the metrics' cost
+            # is the difference between the two rows (SPEC O2).
+            if self.kind == "registrar-nohttp":
+                http = ("--http-listen", "off")
+            else:
+                self.http_port = free_port()
+                http = ("--http-listen", f"127.0.0.1:{self.http_port}")
+            cmd = [str(self.args.binary), "--database-url", self.url, "serve", *auth, *http,
                    "--listen", f"udp:127.0.0.1:{self.port}", "--db-pool-size", str(self.args.concurrency),
                    "--no-migrate", *(extra or ("--cleanup-interval", "3600"))]
         else:
@@ -137,6 +146,8 @@ class Server:
             s.sendto(probe, ("127.0.0.1", self.port))
             try:
                 s.recvfrom(4096)
+                if self.kind in ("registrar", "sqlite"):
+                    self.scraper = Scraper(self.http_port)
                 return
             except OSError:
                 if self.proc.poll() is not None:
@@ -145,6 +156,9 @@ class Server:
         raise SystemExit(f"{self.kind} did not start:\n" + "\n".join(tail))
 
     def stop(self):
+        if self.scraper:
+            self.scraper.stop()
+            self.scraper = None
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -343,6 +357,33 @@ def prepare(args, work, server, scenario, calls, new_prefix, first_new=0):
     return users_file(work, "d", 0, calls)
 
 
+class Scraper:
+    """GETs /metrics once a second while ours runs, as a (busy) Prometheus would."""
+
+    def __init__(self, port):
+        self.port = port
+        self.running = True
+        self.scrapes = 0
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        import urllib.request
+
+        while self.running:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                    r.read()
+                self.scrapes += 1
+            except OSError:
+                pass
+            time.sleep(1)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+
+
 class MemorySampler:
     def __init__(self, server):
         self.server = server
@@ -467,7 +508,8 @@ def main():
     p.add_argument("--fineclock", type=Path, help="sipp-fineclock.so for precise response times")
     p.add_argument("--pgbench", default="pgbench")
     p.add_argument("--registrars", default="registrar,kamailio",
-                   help="registrar (ours on PostgreSQL), kamailio, sqlite (ours on SQLite)")
+                   help="registrar (ours on PostgreSQL, metrics scraped every second), registrar-nohttp "
+                        "(ours with --http-listen off), kamailio, sqlite (ours on SQLite)")
     p.add_argument("--scenarios", default="new,refresh,unregister")
     p.add_argument("--rates", default="1000,2000,3000,4000,6000,8000,10000,12000,14000,16000")
     p.add_argument("--seconds", type=float, default=10, help="length of each rate step")
@@ -565,7 +607,7 @@ def table(results, pg_tps, args):
     for r in results:
         other = by.get((r["scenario"], "kamailio"))
         ratio = ""
-        if r["registrar"] != "kamailio" and other and other["max_rate"]:
+        if r["registrar"] not in ("kamailio", "registrar-nohttp") and other and other["max_rate"]:
             ratio = f"rate {r['max_rate'] / other['max_rate']:.2f}×, p99 {r['p99_ms'] / other['p99_ms']:.2f}× Kamailio's" \
                 if r["p99_ms"] == r["p99_ms"] and other["p99_ms"] > 0 else f"rate {r['max_rate'] / other['max_rate']:.2f}×"
         lines.append(f"| {r['scenario']} | {r['registrar']} | {r['max_rate']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
@@ -575,6 +617,12 @@ def table(results, pg_tps, args):
                  f"(ours new/refresh over it: " + ", ".join(
                      f"{r['scenario']} {r['max_rate'] / pg_tps:.2f}" for r in results
                      if r["registrar"] == "registrar" and r["scenario"] in ("new", "refresh")) + ")")
+    off = {r["scenario"]: r for r in results if r["registrar"] == "registrar-nohttp"}
+    for r in results:
+        if r["registrar"] == "registrar" and r["scenario"] in off and off[r["scenario"]]["max_rate"]:
+            lines.append(f"metrics cost, {r['scenario']}: with the HTTP listener scraped every second "
+                         f"{r['max_rate']}/s, with it off {off[r['scenario']]['max_rate']}/s "
+                         f"({r['max_rate'] / off[r['scenario']]['max_rate']:.2f} of it)")
     return "\n".join(lines)
 
 
