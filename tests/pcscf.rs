@@ -13,12 +13,16 @@ use support::TestDb;
 use support::scscf::{Mode, Scscf};
 use support::sip::{RegisterMsg, Udp, start};
 
+/// The P-CSCF under test. The notify window (30 s) and audit grace (30 s, so stale after 60 s)
+/// are long on purpose: tests age rows with UPDATEs to 10 s (inside the window), 45 s (past the
+/// window, inside window + grace) or 120 s and more (stale), at least 10 s from any edge, so that
+/// a slow machine cannot carry a row across one between the UPDATE and the request.
 fn pcscf_flags(scscf_uri: &str) -> Overrides {
     Overrides {
         role: Some(Role::Pcscf),
         scscf: Some(scscf_uri.to_string()),
-        notify_window: Some(3.0),
-        audit_grace: Some(2.0),
+        notify_window: Some(30.0),
+        audit_grace: Some(30.0),
         audit_interval: Some(3600.0),
         t1_ms: Some(40),
         publish_backoff: Some(0.05),
@@ -148,8 +152,8 @@ both_backends!(p1_window_refuses_then_publishes_and_releases, |db| {
     let ue = Udp::to(&server).await;
     assert_eq!(ue.ask(&ue_register(&ue, "ue2").text()).await.code, 200);
 
-    // Expired 1 s ago, within the 3 s window: refused, not relayed, unchanged, no PUBLISH.
-    age_pcontacts(db, 1).await;
+    // Expired 10 s ago, within the 30 s window: refused, not relayed, unchanged, no PUBLISH.
+    age_pcontacts(db, 10).await;
     let reply = ue.ask(&ue_register(&ue, "ue2").cseq(2).text()).await;
     assert_eq!(
         (reply.code, reply.reason.as_str()),
@@ -166,9 +170,9 @@ both_backends!(p1_window_refuses_then_publishes_and_releases, |db| {
     );
     assert!(scscf.publishes().is_empty());
 
-    // Expired 5 s ago, past the window: refused, claimed for PUBLISH, published, deleted.
+    // Expired 45 s ago, past the window: refused, claimed for PUBLISH, published, deleted.
     scscf.on_publish(Mode::Silent);
-    age_pcontacts(db, 5).await;
+    age_pcontacts(db, 45).await;
     let reply = ue.ask(&ue_register(&ue, "ue2").cseq(3).text()).await;
     assert_eq!(
         (reply.code, reply.reason.as_str()),
@@ -251,7 +255,7 @@ both_backends!(p1_stale_pcontact_without_identities_is_replaced, |db| {
     assert_eq!(ue.ask(&ue_register(&ue, "ue3").text()).await.code, 200);
     db.exec("UPDATE pcscf_location SET public_ids = '<tel:+15550100>'")
         .await;
-    age_pcontacts(db, 60).await;
+    age_pcontacts(db, 120).await;
     assert_eq!(
         ue.ask(&ue_register(&ue, "ue3").cseq(2).text()).await.code,
         200,
@@ -306,7 +310,7 @@ both_backends!(p4_unanswered_publish_is_retried_then_given_up, |db| {
     let ue = Udp::to(&server).await;
     assert_eq!(ue.ask(&ue_register(&ue, "ue5").text()).await.code, 200);
     scscf.on_publish(Mode::Fail(500));
-    age_pcontacts(db, 10).await;
+    age_pcontacts(db, 45).await;
     assert_eq!(
         ue.ask(&ue_register(&ue, "ue5").cseq(2).text()).await.code,
         500
@@ -372,7 +376,7 @@ both_backends!(p6_notify_terminated_active_and_malformed, |db| {
 both_backends!(p5_audit_publishes_stale_and_drops_stuck_pending, |db| {
     let scscf = Scscf::start().await;
     let server = start(db, pcscf_flags(&scscf.uri())).await;
-    let (stale, pending, fresh) = (db.in_seconds(-30), db.in_seconds(-30), db.in_seconds(300));
+    let (stale, pending, fresh) = (db.in_seconds(-300), db.in_seconds(-300), db.in_seconds(300));
     db.exec(&format!(
         "INSERT INTO pcscf_location (aor, host, port, protocol, reg_state, expires, public_ids) VALUES \
          ('sip:a@10.0.0.1', '10.0.0.1', 5060, 'udp', 2, {stale}, '<sip:a@ims.example.com><tel:+1>'), \
@@ -451,7 +455,7 @@ both_backends!(p4_silent_scscf_publish_times_out_then_is_given_up, |db| {
     let ue = Udp::to(&server).await;
     assert_eq!(ue.ask(&ue_register(&ue, "ue9").text()).await.code, 200);
     scscf.on_publish(Mode::Silent);
-    age_pcontacts(db, 10).await;
+    age_pcontacts(db, 45).await;
     assert_eq!(
         ue.ask(&ue_register(&ue, "ue9").cseq(2).text()).await.code,
         500
@@ -564,6 +568,180 @@ both_backends!(h5_a_pcontact_live_again_publishes_afresh, |db| {
         (p.published_ids, p.publish_attempts),
         (None, 0),
         "live again: the next expiry PUBLISHes every identity"
+    );
+    server.stop().await;
+});
+
+// P5: the audit claims only pcontacts expired for notify_window + audit_grace (60 s here) or
+// longer. One expired 45 s ago (past the window, inside the grace) is left alone, as is a
+// REG_PENDING one as recent; a stale one is published.
+both_backends!(p5_audit_leaves_pcontacts_inside_window_and_grace, |db| {
+    let scscf = Scscf::start().await;
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    let (recent, stale) = (db.in_seconds(-45), db.in_seconds(-300));
+    db.exec(&format!(
+        "INSERT INTO pcscf_location (aor, host, port, protocol, reg_state, expires, public_ids) VALUES \
+         ('sip:a@10.0.0.1', '10.0.0.1', 5060, 'udp', 2, {recent}, '<sip:a@ims.example.com>'), \
+         ('sip:b@10.0.0.2', '10.0.0.2', 5060, 'udp', 4, {recent}, NULL), \
+         ('sip:c@10.0.0.3', '10.0.0.3', 5060, 'udp', 2, {stale}, '<sip:c@ims.example.com>')"
+    ))
+    .await;
+    registrar::pcscf::audit::pass(server.pcscf.as_ref().unwrap()).await;
+    eventually("the stale pcontact published and removed", async || {
+        db.scalar("SELECT count(*) FROM pcscf_location WHERE host = '10.0.0.3'")
+            .await
+            == 0
+    })
+    .await;
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM pcscf_location WHERE host = '10.0.0.1' \
+             AND reg_state = 2 AND claimed_by IS NULL"
+        )
+        .await,
+        1,
+        "inside window + grace: not claimed"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pcscf_location WHERE host = '10.0.0.2'")
+            .await,
+        1,
+        "a REG_PENDING pcontact inside the grace is not dropped"
+    );
+    let to: Vec<String> = scscf
+        .publish_transactions()
+        .iter()
+        .map(|m| m.header("To").unwrap().to_string())
+        .collect();
+    assert_eq!(to, ["<sip:c@ims.example.com>"]);
+    server.stop().await;
+});
+
+// R11: the P-CSCF role allows NOTIFY besides REGISTER and OPTIONS, and says so.
+both_backends!(r11_pcscf_allow_includes_notify, |db| {
+    let scscf = Scscf::start().await;
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    let ue = Udp::to(&server).await;
+    let reply = ue
+        .ask(&support::sip::request("OPTIONS", "sip:pcscf.example.com"))
+        .await;
+    assert_eq!(reply.code, 200);
+    assert_eq!(reply.header("Allow"), Some("REGISTER, OPTIONS, NOTIFY"));
+    let reply = ue
+        .ask(&support::sip::request("INVITE", "sip:bob@ims.example.com"))
+        .await;
+    assert_eq!(
+        (reply.code, reply.header("Allow")),
+        (405, Some("REGISTER, OPTIONS, NOTIFY"))
+    );
+    assert!(scscf.registers().is_empty());
+    server.stop().await;
+});
+
+// P1: no Contact, `Contact: *`, or a Contact that is no pcontact: 400, nothing relayed, nothing
+// stored.
+both_backends!(p1_unusable_contact_is_400, |db| {
+    let scscf = Scscf::start().await;
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    let ue = Udp::to(&server).await;
+    let mut none = ue_register(&ue, "ue11");
+    none.contacts.clear();
+    let mut star = ue_register(&ue, "ue11").cseq(2);
+    star.contacts = vec!["*".into()];
+    star.extra.push("Expires: 0".into());
+    let mut tel = ue_register(&ue, "ue11").cseq(3);
+    tel.contacts = vec!["<tel:+15550100>".into()];
+    let mut garbled = ue_register(&ue, "ue11").cseq(4);
+    garbled.contacts = vec!["<sip:ue11@127.0.0.1:5060".into()];
+    for (what, msg) in [
+        ("no Contact", none),
+        ("Contact: *", star),
+        ("a tel: Contact", tel),
+        ("an unparsable Contact", garbled),
+    ] {
+        let reply = ue.ask(&msg.text()).await;
+        assert_eq!(reply.code, 400, "{what}: {}", reply.text);
+    }
+    assert!(scscf.registers().is_empty(), "nothing relayed");
+    assert_eq!(db.scalar("SELECT count(*) FROM pcscf_location").await, 0);
+    server.stop().await;
+});
+
+// P3: the matching Contact of the 2xx without an `expires` param takes the reply's Expires
+// header.
+both_backends!(p3_expires_header_when_the_contact_has_none, |db| {
+    let scscf = Scscf::start().await;
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    let ue = Udp::to(&server).await;
+    let contact = format!("<sip:ue12@127.0.0.1:{}>", ue.port());
+    scscf.on_register_contacts(move |_| format!("Contact: {contact}\r\nExpires: 300\r\n"));
+    assert_eq!(ue.ask(&ue_register(&ue, "ue12").text()).await.code, 200);
+    let (state, left) = pcontact_state(db, &ue).await.expect("pcontact");
+    assert_eq!(state, RegState::Registered);
+    assert!((290..=300).contains(&left), "the Expires header: {left}");
+    server.stop().await;
+});
+
+// P3: a 2xx whose contacts differ from the UE's in port or transport lists no matching contact:
+// a de-registration, the pcontact goes.
+both_backends!(p3_port_or_transport_mismatch_is_no_match, |db| {
+    let scscf = Scscf::start().await;
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    for (what, wrong) in [
+        ("another port", "<sip:ue13@127.0.0.1:{other}>;expires=600"),
+        (
+            "another transport",
+            "<sip:ue13@127.0.0.1:{port};transport=tcp>;expires=600",
+        ),
+    ] {
+        let ue = Udp::to(&server).await;
+        let line = wrong
+            .replace("{port}", &ue.port().to_string())
+            .replace("{other}", &(ue.port() ^ 1).to_string());
+        scscf.on_register_contacts(move |_| format!("Contact: {line}\r\n"));
+        let reply = ue.ask(&ue_register(&ue, "ue13").text()).await;
+        assert_eq!(reply.code, 200, "{what}: the answer is relayed");
+        assert_eq!(
+            pcontact_state(db, &ue).await,
+            None,
+            "{what}: not the UE's contact, so no pcontact"
+        );
+    }
+    server.stop().await;
+});
+
+// P4: retry state is per identity. Two identities the S-CSCF refuses are each tried
+// --publish-max-attempts (3) times, the one it accepts once; then the pcontact goes.
+both_backends!(p4_each_identity_has_its_own_retries, |db| {
+    let scscf = Scscf::start().await;
+    scscf.on_publish_for("sip:p4a@ims.example.com", Mode::Fail(500));
+    scscf.on_publish_for("sip:p4b@ims.example.com", Mode::Fail(503));
+    let server = start(db, pcscf_flags(&scscf.uri())).await;
+    let stale = db.in_seconds(-300);
+    db.exec(&format!(
+        "INSERT INTO pcscf_location (aor, host, port, protocol, reg_state, expires, public_ids) VALUES \
+         ('sip:p4@10.0.0.4', '10.0.0.4', 5060, 'udp', 2, {stale}, \
+          '<sip:p4a@ims.example.com><sip:p4b@ims.example.com><sip:p4c@ims.example.com><tel:+15550104>')"
+    ))
+    .await;
+    registrar::pcscf::audit::pass(server.pcscf.as_ref().unwrap()).await;
+    eventually("every identity done and the pcontact removed", async || {
+        db.scalar("SELECT count(*) FROM pcscf_location").await == 0
+    })
+    .await;
+    let mut per_identity = std::collections::BTreeMap::new();
+    for m in scscf.publish_transactions() {
+        *per_identity
+            .entry(m.header("To").unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_identity.into_iter().collect::<Vec<_>>(),
+        [
+            ("<sip:p4a@ims.example.com>".to_string(), 3),
+            ("<sip:p4b@ims.example.com>".to_string(), 3),
+            ("<sip:p4c@ims.example.com>".to_string(), 1),
+        ]
     );
     server.stop().await;
 });

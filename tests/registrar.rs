@@ -31,13 +31,36 @@ both_backends!(r5_first_registration_then_refresh, |db| {
     assert_eq!(expires_of(&reply.contacts()[0]), Some(600));
     assert!(reply.header("Date").is_some(), "R10: Date header");
     assert!(reply.header("To").unwrap().contains(";tag="));
-    let ruid = db.scalar("SELECT count(*) FROM location").await;
-    assert_eq!(ruid, 1);
+    let aor = registrar::sip::aor::parse_aor("sip:alice@example.com", false).unwrap();
+    let before = db.store.live_bindings(&aor).await.unwrap().bindings;
+    assert_eq!(before.len(), 1);
+    // S1: a ruid is minted at insertion (a UUID).
+    assert!(
+        uuid::Uuid::parse_str(&before[0].ruid).is_ok(),
+        "ruid {:?}",
+        before[0].ruid
+    );
+    // Age the binding so the refresh visibly moves its expiry.
+    db.exec(&format!(
+        "UPDATE location SET expires = {}",
+        db.in_seconds(100)
+    ))
+    .await;
     let refresh = first.clone().cseq(2);
     let reply = ua.ask(&refresh.text()).await;
     assert_eq!(reply.code, 200);
-    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
-    assert_eq!(db.scalar("SELECT cseq FROM location").await, 2);
+    assert_eq!(expires_of(&reply.contacts()[0]), Some(600));
+    let after = db.store.live_bindings(&aor).await.unwrap().bindings;
+    assert_eq!(after.len(), 1, "the refresh rewrote the binding in place");
+    // S1/R5: the refresh keeps the binding's identity and moves what the REGISTER says.
+    assert_eq!(
+        (&after[0].ruid, after[0].id),
+        (&before[0].ruid, before[0].id),
+        "the ruid survives a refresh"
+    );
+    assert_eq!(after[0].cseq, 2);
+    let left = (after[0].expires - after[0].last_modified).num_seconds();
+    assert_eq!(left, 600, "expiry moved to 600 s after the refresh");
     server.stop().await;
 });
 
@@ -147,16 +170,44 @@ both_backends!(r3_423_min_expires_and_clamping, |db| {
         Some(1800),
         "clamped to max_expires"
     );
-    // An unusable expires is treated as absent: the default (3600) clamped to 1800.
+    // R3: an unusable `expires` param (empty (quoted), non-numeric, negative, > 2^32-1) is
+    // treated as absent, so the request's Expires header (900) applies: not 0 (a removal), not the
+    // default, not a 400 or 423.
+    let mut cseq = 3;
+    for (i, unusable) in ["soon", "\"\"", "-5", "4294967296", "1e3"]
+        .iter()
+        .enumerate()
+    {
+        let uri = format!("sip:d@10.0.1.{i}");
+        let weird = RegisterMsg::new("dave")
+            .cseq(cseq)
+            .contact(&format!("<{uri}>;expires={unusable}"))
+            .header("Expires: 900");
+        cseq += 1;
+        let reply = ua.ask(&weird.text()).await;
+        assert_eq!(reply.code, 200, "expires={unusable}: {}", reply.text);
+        let listed = reply
+            .contacts()
+            .into_iter()
+            .find(|c| c.contains(&format!("<{uri}>")));
+        assert_eq!(
+            listed.as_deref().and_then(expires_of),
+            Some(900),
+            "expires={unusable} falls back to the Expires header: {:?}",
+            reply.contacts()
+        );
+    }
+    // Without an Expires header it falls back to the default (3600), here clamped to 1800.
     let weird = RegisterMsg::new("dave")
-        .cseq(3)
-        .contact("<sip:d@10.0.0.2>;expires=soon");
+        .cseq(cseq)
+        .contact("<sip:d@10.0.2.1>;expires=soon");
     let reply = ua.ask(&weird.text()).await;
     assert_eq!(reply.code, 200);
-    assert_eq!(
-        reply.contacts().iter().filter_map(|c| expires_of(c)).max(),
-        Some(1800)
-    );
+    let listed = reply
+        .contacts()
+        .into_iter()
+        .find(|c| c.contains("<sip:d@10.0.2.1>"));
+    assert_eq!(listed.as_deref().and_then(expires_of), Some(1800));
     server.stop().await;
 });
 
@@ -615,5 +666,189 @@ both_backends!(r9_received_only_when_nat_is_detected, |db| {
         .header("Supported: path");
     assert_eq!(ua.ask(&path.text()).await.code, 200);
     assert_eq!(stored("r9d").await, None);
+    server.stop().await;
+});
+
+// R10: bindings of equal q are listed newest `last_modified` first (the database id plays no
+// part: the older row, refreshed, comes first).
+both_backends!(r10_equal_q_ties_newest_last_modified_first, |db| {
+    let server = start(db, Overrides::default()).await;
+    let ua = Udp::to(&server).await;
+    let a = RegisterMsg::new("tie").contact("<sip:tie@10.0.0.1>;q=0.5");
+    assert_eq!(ua.ask(&a.text()).await.code, 200);
+    let b = RegisterMsg::new("tie")
+        .call_id("tie-b")
+        .contact("<sip:tie@10.0.0.2>;q=0.5");
+    assert_eq!(ua.ask(&b.text()).await.code, 200);
+    db.exec(&format!(
+        "UPDATE location SET last_modified = {} WHERE contact = 'sip:tie@10.0.0.1'",
+        db.in_seconds(-100)
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE location SET last_modified = {} WHERE contact = 'sip:tie@10.0.0.2'",
+        db.in_seconds(-50)
+    ))
+    .await;
+    let query = RegisterMsg::new("tie").call_id("tie-q");
+    let reply = ua.ask(&query.text()).await;
+    assert_eq!(
+        contact_uris(&reply.contacts()),
+        ["sip:tie@10.0.0.2", "sip:tie@10.0.0.1"],
+        "b was modified last"
+    );
+    // Refreshing a (the older row) makes it the newest.
+    let reply = ua.ask(&a.clone().cseq(2).text()).await;
+    assert_eq!(reply.code, 200);
+    assert_eq!(
+        contact_uris(&reply.contacts()),
+        ["sip:tie@10.0.0.1", "sip:tie@10.0.0.2"],
+        "a was refreshed last"
+    );
+    server.stop().await;
+});
+
+// R12: each mandatory header missing is a 400 naming it, nothing written; without a Via there
+// is nowhere to answer (dropped, counted).
+both_backends!(r12_missing_mandatory_headers, |db| {
+    let server = start(db, Overrides::default()).await;
+    let ua = Udp::to(&server).await;
+    // A new branch each time, or the retransmission cache would answer.
+    let full = || RegisterMsg::new("mand").contact("<sip:m@10.0.0.1>").text();
+    for (line, reason) in [
+        (
+            "From: <sip:mand@example.com>;tag=f1\r\n",
+            "Missing From header",
+        ),
+        ("To: <sip:mand@example.com>\r\n", "Missing To header"),
+        ("CSeq: 1 REGISTER\r\n", "Missing CSeq header"),
+        ("Call-ID: mand-call@test\r\n", "Missing Call-ID header"),
+    ] {
+        let request = full();
+        assert!(request.contains(line), "{line:?} in {request}");
+        let reply = ua.ask(&request.replace(line, "")).await;
+        assert_eq!(
+            (reply.code, reply.reason.as_str()),
+            (400, reason),
+            "{}",
+            reply.text
+        );
+    }
+    let dropped = server.stats.dropped();
+    let request = full();
+    let via = request
+        .lines()
+        .find(|l| l.starts_with("Via:"))
+        .unwrap()
+        .to_string();
+    ua.send(&request.replace(&format!("{via}\r\n"), "")).await;
+    assert!(
+        ua.recv(Duration::from_millis(500)).await.is_none(),
+        "no Via: no answer"
+    );
+    assert_eq!(server.stats.dropped(), dropped + 1, "counted as dropped");
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 0);
+    server.stop().await;
+});
+
+// R1 + R5: once the retransmission cache has evicted an answer, the same datagram again is
+// handled as a request, and R5's equal-CSeq rule answers it: 200 with nothing written within
+// 20 s of the write, 400 later.
+both_backends!(r1_r5_equal_cseq_after_cache_eviction, |db| {
+    let server = start(
+        db,
+        Overrides {
+            retrans_cache_bytes: Some(4096),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let ua = Udp::to(&server).await;
+    let first = RegisterMsg::new("evict")
+        .cseq(5)
+        .contact("<sip:ev@10.0.0.1>")
+        .branch("z9hG4bK-evict-5")
+        .text();
+    assert_eq!(ua.ask(&first).await.code, 200);
+    assert_eq!(ua.ask(&first).await.code, 200);
+    assert_eq!(server.stats.retransmissions(), 1, "cached at first");
+    let written = db
+        .scalar("SELECT count(*) FROM location WHERE cseq = 5")
+        .await;
+    assert_eq!(written, 1);
+    let last_modified = "SELECT CAST(last_modified AS TEXT) FROM location WHERE cseq = 5";
+    let before = text_of(db, last_modified).await;
+    // Answers for other AoRs push it out of the 4 KiB cache.
+    let evict = async || {
+        for i in 0..20 {
+            let other = RegisterMsg::new(&format!("filler{i}"))
+                .contact(&format!("<sip:f@10.0.1.{i}>"))
+                .text();
+            assert_eq!(ua.ask(&other).await.code, 200);
+        }
+    };
+    evict().await;
+    let reply = ua.ask(&first).await;
+    assert_eq!(reply.code, 200, "{}", reply.text);
+    assert_eq!(contact_uris(&reply.contacts()), ["sip:ev@10.0.0.1"]);
+    assert_eq!(
+        server.stats.retransmissions(),
+        1,
+        "not answered from the cache"
+    );
+    assert_eq!(
+        text_of(db, last_modified).await,
+        before,
+        "a retransmission writes nothing"
+    );
+    // More than 20 s after the write, the same CSeq is refused.
+    db.exec(&format!(
+        "UPDATE location SET last_modified = {} WHERE cseq = 5",
+        db.in_seconds(-30)
+    ))
+    .await;
+    evict().await;
+    let reply = ua.ask(&first).await;
+    assert_eq!(
+        (reply.code, reply.header("P-Registrar-Error")),
+        (400, Some("Invalid CSeq number"))
+    );
+    assert_eq!(server.stats.retransmissions(), 1);
+    server.stop().await;
+});
+
+async fn text_of(db: &support::TestDb, sql: &str) -> String {
+    use registrar::store::Store;
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
+    match &db.store {
+        Store::Postgres(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap(),
+        Store::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap(),
+    }
+}
+
+// R1: the largest datagram IPv4 carries (65,507 bytes, within the default --max-message-size
+// of 65,535) is read whole and answered. (A datagram over 64 KiB cannot be sent at all: the
+// kernel refuses it, so "dropped" is the only possible outcome and needs no test.)
+both_backends!(r1_largest_datagram_is_read_whole, |db| {
+    let server = start(db, Overrides::default()).await;
+    let ua = Udp::to(&server).await;
+    let head = RegisterMsg::new("big").contact("<sip:big@10.0.0.1>").text();
+    let mut text = head
+        .trim_end_matches("Content-Length: 0\r\n\r\n")
+        .to_string();
+    let tail = "Content-Length: 0\r\n\r\n";
+    // Padding header lines of 500 to 1,000 bytes (a line may not exceed 8 KiB).
+    let line = |len: usize| format!("X-Pad: {}\r\n", "x".repeat(len - "X-Pad: \r\n".len()));
+    while 65_507 - text.len() - tail.len() > 2000 {
+        text.push_str(&line(1000));
+    }
+    let room = 65_507 - text.len() - tail.len();
+    text.push_str(&line(room / 2));
+    text.push_str(&line(room - room / 2));
+    text.push_str(tail);
+    assert_eq!(text.len(), 65_507);
+    let reply = ua.ask(&text).await;
+    assert_eq!(reply.code, 200, "{}", reply.text);
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
     server.stop().await;
 });

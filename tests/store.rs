@@ -132,8 +132,8 @@ both_backends!(s1_expired_rows_are_invisible_and_overwritten, |db| {
     assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
 });
 
-// S2: a refresh rewrites the row in place (same id and ruid).
-both_backends!(s2_update_keeps_identity, |db| {
+// S1: a refresh rewrites the row in place: same id, and the ruid minted at insertion is kept.
+both_backends!(s1_refresh_keeps_id_and_ruid, |db| {
     let first = db
         .store
         .update_aor(&aor(), Reads::Bindings, |snap| {
@@ -161,6 +161,57 @@ both_backends!(s2_update_keeps_identity, |db| {
     assert_eq!(
         db.store.live_bindings(&aor()).await.unwrap().bindings,
         applied.bindings
+    );
+});
+
+/// The S2 probe: a read-modify-write that only a serialized AoR survives. It inserts a binding
+/// named after how many live bindings it saw; two changes deciding on the same snapshot insert
+/// the same contact, and the unique (username, domain, contact) index refuses the second.
+fn next_slot(snap: &registrar::store::AorSnapshot) -> Plan<usize> {
+    let seen = snap.bindings.len();
+    insert(Binding {
+        instance: None,
+        ..full_binding(&format!("sip:slot{seen}@192.0.2.1"), snap.now)
+    })
+    .map(|()| seen)
+}
+
+// S2: many changes of one AoR at once, through two pools (two instances), serialize: each one
+// decides on what the one before it wrote, so none fails and none is lost; the slots each
+// decision saw are exactly 0..N, as in some serial order.
+both_backends!(s2_concurrent_changes_of_one_aor_serialize, |db| {
+    const CHANGES: usize = 24;
+    let other = db.second_store().await;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(CHANGES));
+    let mut tasks = Vec::new();
+    for i in 0..CHANGES {
+        let store = if i % 2 == 0 {
+            db.store.clone()
+        } else {
+            other.clone()
+        };
+        let start = std::sync::Arc::clone(&start);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            store.update_aor(&aor(), Reads::Bindings, next_slot).await
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(applied) => seen.push(applied.outcome),
+            Err(e) => panic!("a change of a serialized AoR failed: {e:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..CHANGES).collect::<Vec<_>>(),
+        "each change saw every change before it"
+    );
+    assert_eq!(
+        db.store.live_bindings(&aor()).await.unwrap().bindings.len(),
+        CHANGES
     );
 });
 
@@ -331,11 +382,14 @@ both_backends!(s1_pcontacts_read_back, |db| {
     assert_eq!(db.store.dump_pcontacts().await.unwrap(), vec![p]);
 });
 
-// S6: a row written by another session in another time zone is judged by its instant.
-both_backends!(s6_time_zone_of_other_writers_does_not_matter, |db| {
-    if db.backend() != Backend::Postgres {
-        return;
-    }
+// S6 (PostgreSQL only: SQLite stores Unix seconds, see the S1 test below): a row written by
+// another session in another time zone is judged by its instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_time_zone_of_other_writers_does_not_matter() {
+    let Some(db) = support::TestDb::postgres().await else {
+        return support::pg::skip("s6_time_zone_of_other_writers_does_not_matter");
+    };
+    assert_eq!(db.backend(), Backend::Postgres);
     db.exec(
         "SET TIME ZONE 'Asia/Tokyo'; INSERT INTO location (ruid, username, domain, contact, expires, callid, cseq, last_modified) \
          VALUES ('uloc-1-2-3', 'alice', 'example.com', 'sip:alice@192.0.2.50', now() + interval '10 minutes', 'kam-1', 1, now()); \
@@ -350,7 +404,38 @@ both_backends!(s6_time_zone_of_other_writers_does_not_matter, |db| {
         "{left}"
     );
     assert_eq!(snap.bindings[0].ruid, "uloc-1-2-3");
-});
+}
+
+// S1 (SQLite): times are Unix seconds; a row another writer (sqlite3) stored that way is
+// judged by its instant, and a Kamailio-style ruid reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_sqlite_unix_seconds_written_by_another_writer() {
+    let db = support::TestDb::sqlite().await;
+    db.exec(
+        "INSERT INTO location (ruid, username, domain, contact, expires, callid, cseq, last_modified) \
+         VALUES ('uloc-1-2-3', 'alice', 'example.com', 'sip:alice@192.0.2.50', unixepoch() + 600, 'kam-1', 1, unixepoch())",
+    )
+    .await;
+    let snap = db.store.live_bindings(&aor()).await.unwrap();
+    assert_eq!(snap.bindings.len(), 1);
+    let left = snap.bindings[0].expires - snap.now;
+    assert!(
+        left > TimeDelta::seconds(590) && left <= TimeDelta::seconds(600),
+        "{left}"
+    );
+    assert_eq!(snap.bindings[0].ruid, "uloc-1-2-3");
+    db.exec("UPDATE location SET expires = unixepoch() - 1")
+        .await;
+    assert!(
+        db.store
+            .live_bindings(&aor())
+            .await
+            .unwrap()
+            .bindings
+            .is_empty(),
+        "expired by its instant"
+    );
+}
 
 // S3: instances starting together against one fresh database all migrate without a race.
 both_backends!(s3_concurrent_migrations_do_not_race, |db| {

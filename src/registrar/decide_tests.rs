@@ -123,15 +123,34 @@ fn r3_below_min_expires_is_423_and_zero_is_not() {
     let mut reg = register(vec![contact("sip:a@h")]);
     reg.expires_header = Some(59);
     let (outcome, after) = run(&reg, &Policy::default(), &[], now());
-    assert_eq!(outcome, Outcome::Refused(Refusal::too_brief(60)));
+    // Spelled out, not rebuilt from `too_brief`: 423, RFC 3261's reason phrase, and the
+    // policy's minimum for the `Min-Expires` header.
     assert_eq!(
         outcome,
         Outcome::Refused(Refusal {
+            code: 423,
+            reason: "Interval Too Brief",
+            registrar_error: Some("Interval too brief"),
             min_expires: Some(60),
-            ..Refusal::too_brief(60)
         })
     );
     assert!(after.is_empty());
+    // Min-Expires is the policy's minimum, whatever it is; nothing is written, even beside a
+    // binding that is already there.
+    let strict = Policy {
+        min_expires: 90,
+        ..Policy::default()
+    };
+    let (_, existing) = run(&register(vec![contact("sip:a@h")]), &strict, &[], now());
+    let mut brief = register(vec![contact("sip:b@h")]);
+    brief.cseq = 11;
+    brief.expires_header = Some(89);
+    let (outcome, after) = run(&brief, &strict, &existing, now());
+    let Outcome::Refused(refusal) = outcome else {
+        panic!("expected 423, got {outcome:?}")
+    };
+    assert_eq!((refusal.code, refusal.min_expires), (423, Some(90)));
+    assert_eq!(after, existing, "423 changes nothing");
     reg.expires_header = Some(0);
     assert_eq!(prepare(&reg, &Policy::default()), Ok(vec![0]));
 }

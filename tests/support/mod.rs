@@ -160,6 +160,37 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// For a database kept in a static, which is never dropped: removes it (PostgreSQL) when
+    /// the test process exits instead.
+    pub fn drop_at_exit(&mut self) {
+        let Some(admin_url) = self.admin_url.take() else {
+            return;
+        };
+        let name = std::mem::take(&mut self.name);
+        pg::at_exit(Box::new(move || {
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    if let Ok(Store::Postgres(pg)) = Store::connect(&admin_url, &options()).await {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                            .execute(pg.pool())
+                            .await;
+                        pg.pool().close().await;
+                    }
+                });
+            })
+            .join();
+        }));
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(admin_url) = self.admin_url.take() else {

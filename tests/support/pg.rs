@@ -43,6 +43,11 @@ fn find_server() -> Option<String> {
     start_local_cluster()
 }
 
+/// Runs `work` when the test process exits (for what lives in a static and is never dropped).
+pub fn at_exit(work: Box<dyn FnOnce() + Send>) {
+    register_at_exit(work);
+}
+
 fn register_at_exit(work: Box<dyn FnOnce() + Send>) {
     extern "C" fn run_at_exit() {
         let jobs = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));

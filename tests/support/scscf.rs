@@ -23,10 +23,17 @@ pub enum Mode {
     ProvisionalThenOk,
 }
 
+/// Builds the Contact (and Expires) header lines of a 200 OK to a REGISTER.
+type ContactLines = Arc<dyn Fn(&Message) -> String + Send + Sync>;
+
 #[derive(Default)]
 struct State {
     register_mode: Option<Mode>,
     publish_mode: Option<Mode>,
+    /// Per identity (the PUBLISH's To URI), before `publish_mode`.
+    publish_modes: std::collections::HashMap<String, Mode>,
+    /// Instead of echoing the REGISTER's contacts.
+    register_contacts: Option<ContactLines>,
     registers: Vec<Message>,
     publishes: Vec<Message>,
 }
@@ -113,6 +120,17 @@ impl Scscf {
 
     pub fn on_publish(&self, mode: Mode) {
         self.lock().publish_mode = Some(mode);
+    }
+
+    /// PUBLISHes for this identity (`sip:…`, as in the To header) are answered so.
+    pub fn on_publish_for(&self, impu: &str, mode: Mode) {
+        self.lock().publish_modes.insert(impu.to_string(), mode);
+    }
+
+    /// A 200 OK to a REGISTER carries the Contact/Expires header lines `lines` returns (each
+    /// ending in CRLF) instead of the REGISTER's own contacts.
+    pub fn on_register_contacts(&self, lines: impl Fn(&Message) -> String + Send + Sync + 'static) {
+        self.lock().register_contacts = Some(Arc::new(lines));
     }
 
     pub fn registers(&self) -> Vec<Message> {
@@ -208,10 +226,14 @@ fn answer(state: &Mutex<State>, request: &Message) -> Vec<Vec<u8>> {
         }
         Some("PUBLISH") => {
             s.publishes.push(request.clone());
-            s.publish_mode.unwrap_or(Mode::Ok)
+            let impu = NameAddr::parse(request.header("To").unwrap_or("")).map(|n| n.uri);
+            impu.and_then(|i| s.publish_modes.get(&i).copied())
+                .or(s.publish_mode)
+                .unwrap_or(Mode::Ok)
         }
         _ => Mode::Ok,
     };
+    let register_contacts = s.register_contacts.clone();
     drop(s);
     let (provisional, code) = match mode {
         Mode::Silent => return Vec::new(),
@@ -225,21 +247,26 @@ fn answer(state: &Mutex<State>, request: &Message) -> Vec<Vec<u8>> {
     }
     let mut extra = String::new();
     if code == 200 && request.method() == Some("REGISTER") {
-        let header_expires = request
-            .header("Expires")
-            .and_then(|e| e.trim().parse::<u32>().ok());
-        for item in request.headers_named("Contact").flat_map(split_list) {
-            let Some(c) = NameAddr::parse(item) else {
-                continue;
-            };
-            let expires = c
-                .param("expires")
-                .flatten()
-                .and_then(|e| e.parse::<u32>().ok())
-                .or(header_expires)
-                .unwrap_or(3600);
-            if expires > 0 {
-                extra.push_str(&format!("Contact: <{}>;expires={expires}\r\n", c.uri));
+        match &register_contacts {
+            Some(lines) => extra.push_str(&lines(request)),
+            None => {
+                let header_expires = request
+                    .header("Expires")
+                    .and_then(|e| e.trim().parse::<u32>().ok());
+                for item in request.headers_named("Contact").flat_map(split_list) {
+                    let Some(c) = NameAddr::parse(item) else {
+                        continue;
+                    };
+                    let expires = c
+                        .param("expires")
+                        .flatten()
+                        .and_then(|e| e.parse::<u32>().ok())
+                        .or(header_expires)
+                        .unwrap_or(3600);
+                    if expires > 0 {
+                        extra.push_str(&format!("Contact: <{}>;expires={expires}\r\n", c.uri));
+                    }
+                }
             }
         }
         let user = NameAddr::parse(request.header("To").unwrap_or(""))
