@@ -328,20 +328,8 @@ impl Drop for Serve {
 
 /// A TCP proxy to the test PostgreSQL, down, and the database URL through it.
 async fn unreachable_database(db: &TestDb) -> (support::proxy::Proxy, String) {
-    let target = url::Url::parse(&db.url).unwrap();
-    let target = format!(
-        "{}:{}",
-        target.host_str().unwrap(),
-        target.port().unwrap_or(5432)
-    );
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = support::proxy::Proxy::start(target).await;
+    let (proxy, url) = support::proxy::Proxy::in_front_of(&db.url).await;
     proxy.down();
-    let url = proxy.url(&db.url);
     (proxy, url)
 }
 

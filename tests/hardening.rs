@@ -350,20 +350,9 @@ async fn h6_a_frozen_postgres_is_answered_within_the_deadline() {
     let Some(db) = support::TestDb::postgres().await else {
         return support::pg::skip("h6_a_frozen_postgres_is_answered_within_the_deadline");
     };
-    let target = url::Url::parse(&db.url).unwrap();
-    let target = tokio::net::lookup_host(format!(
-        "{}:{}",
-        target.host_str().unwrap(),
-        target.port().unwrap_or(5432)
-    ))
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
     // The proxy holds every byte while stalled: what a SIGSTOPped PostgreSQL looks like from
     // here, without freezing the server the other tests share.
-    let proxy = Proxy::start(target).await;
-    let url = proxy.url(&db.url);
+    let (proxy, url) = Proxy::in_front_of(&db.url).await;
     let flags = Overrides {
         listen: vec!["udp:127.0.0.1:0".into()],
         http_listen: Some("127.0.0.1:0".into()),

@@ -115,18 +115,7 @@ async fn o1_readyz_follows_the_database() {
     };
     // It sends a REGISTER during the outage: keep it apart from the metrics tests' deltas.
     let _one = SERIAL.lock().await;
-    let target = url::Url::parse(&db.url).unwrap();
-    let target = tokio::net::lookup_host(format!(
-        "{}:{}",
-        target.host_str().unwrap(),
-        target.port().unwrap_or(5432)
-    ))
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
-    let proxy = Proxy::start(target).await;
-    let url = proxy.url(&db.url);
+    let (proxy, url) = Proxy::in_front_of(&db.url).await;
     let flags = Overrides {
         listen: vec!["udp:127.0.0.1:0".into()],
         http_listen: Some("127.0.0.1:0".into()),

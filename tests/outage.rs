@@ -15,19 +15,7 @@ async fn r13_postgres_outage_is_500_with_retry_after_then_recovery() {
     let Some(db) = support::TestDb::postgres().await else {
         return support::pg::skip("r13_postgres_outage_is_500_with_retry_after_then_recovery");
     };
-    let target = url::Url::parse(&db.url).unwrap();
-    let target = format!(
-        "{}:{}",
-        target.host_str().unwrap(),
-        target.port().unwrap_or(5432)
-    );
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
-    let url = proxy.url(&db.url);
+    let (proxy, url) = Proxy::in_front_of(&db.url).await;
     let options = ConnectOptions {
         pool_size: 4,
         connect_timeout: Duration::from_secs(5),

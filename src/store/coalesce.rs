@@ -246,37 +246,35 @@ mod tests {
         );
     }
 
+    /// A REGISTER for `user@x` whose decision answers `n`, submitted from a task of its own.
+    fn spawn_submit(
+        coalescer: &Coalescer,
+        user: &str,
+        n: i32,
+    ) -> tokio::task::JoinHandle<Result<i32, StoreError>> {
+        let (c, aor) = (coalescer.clone(), Aor::new(user, "x"));
+        tokio::spawn(async move {
+            c.submit(&aor, Reads::Bindings, move |_| Plan::unchanged(n))
+                .await
+                .map(|a| a.outcome)
+        })
+    }
+
     #[tokio::test]
     async fn h6_a_transient_failure_fails_the_batch_at_once() {
         let backend = Recorder::default();
         let coalescer = Coalescer::start(backend.clone(), 1, 64);
         // Keep the worker busy so that the next REGISTERs wait together.
-        let first = {
-            let c = coalescer.clone();
-            tokio::spawn(async move {
-                c.submit(&Aor::new("first", "x"), Reads::Bindings, |_| {
-                    Plan::unchanged(0)
-                })
-                .await
-                .map(|a| a.outcome)
-            })
-        };
+        let first = spawn_submit(&coalescer, "first", 0);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let mut tasks = Vec::new();
         for n in 0..10 {
-            let c = coalescer.clone();
             let user = if n == 3 {
                 "down".to_string()
             } else {
                 format!("u{n}")
             };
-            tasks.push(tokio::spawn(async move {
-                c.submit(&Aor::new(user, "x"), Reads::Bindings, move |_| {
-                    Plan::unchanged(n)
-                })
-                .await
-                .map(|a| a.outcome)
-            }));
+            tasks.push(spawn_submit(&coalescer, &user, n));
         }
         assert!(first.await.unwrap().is_ok());
         for t in tasks {
@@ -294,16 +292,7 @@ mod tests {
     async fn h6_a_register_nobody_waits_for_is_not_run() {
         let backend = Recorder::default();
         let coalescer = Coalescer::start(backend.clone(), 1, 64);
-        let busy = {
-            let c = coalescer.clone();
-            tokio::spawn(async move {
-                c.submit(&Aor::new("first", "x"), Reads::Bindings, |_| {
-                    Plan::unchanged(0)
-                })
-                .await
-                .map(|a| a.outcome)
-            })
-        };
+        let busy = spawn_submit(&coalescer, "first", 0);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let gave_up = tokio::time::timeout(
             std::time::Duration::from_millis(1),

@@ -73,6 +73,23 @@ impl Proxy {
         }
     }
 
+    /// A proxy in front of the database `url` names, and that URL through the proxy.
+    pub async fn in_front_of(url: &str) -> (Proxy, String) {
+        let parsed = url::Url::parse(url).unwrap();
+        let target = tokio::net::lookup_host(format!(
+            "{}:{}",
+            parsed.host_str().unwrap(),
+            parsed.port().unwrap_or(5432)
+        ))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+        let proxy = Proxy::start(target).await;
+        let through = proxy.url(url);
+        (proxy, through)
+    }
+
     /// Plays a frozen database (SIGSTOP): connections stay open, nothing is answered.
     pub fn stall(&self) {
         self.stalled.send_replace(true);
