@@ -177,7 +177,7 @@ impl Registrar {
             .db_errors
             .get_or_create(&crate::metrics::KindLabel {
                 kind: match &error {
-                    StoreError::Unavailable(_) => "unavailable",
+                    StoreError::Unavailable(_) | StoreError::ReadOnly(_) => "unavailable",
                     StoreError::Busy => "busy",
                     StoreError::Rejected(_) => "rejected",
                     _ => "other",

@@ -18,6 +18,11 @@ pub enum StoreError {
     #[error("database busy: no connection free within the acquire timeout")]
     Busy,
 
+    /// No host of the URL accepts writes (a standby, or `default_transaction_read_only`): a
+    /// failover in progress, or a misconfiguration (SPEC F1). Retried like `Unavailable`.
+    #[error("no writable PostgreSQL primary: {0} is read-only")]
+    ReadOnly(String),
+
     /// The database refused a value or a constraint failed. Retrying the same request will not
     /// help: 500 without Retry-After.
     #[error("database rejected the change: {0}")]
@@ -54,6 +59,7 @@ impl StoreError {
             StoreError::InvalidUrl(s) => StoreError::InvalidUrl(s.clone()),
             StoreError::Unavailable(e) => StoreError::Unavailable(again(e)),
             StoreError::Busy => StoreError::Busy,
+            StoreError::ReadOnly(s) => StoreError::ReadOnly(s.clone()),
             StoreError::Rejected(e) => StoreError::Rejected(again(e)),
             StoreError::Refused(e) => StoreError::Refused(again(e)),
             StoreError::NotMigrated(e) => StoreError::NotMigrated(again(e)),
@@ -63,7 +69,10 @@ impl StoreError {
 
     /// Whether a retry after a pause may succeed (the SIP answer carries Retry-After).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Busy)
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Busy | StoreError::ReadOnly(_)
+        )
     }
 }
 

@@ -133,7 +133,7 @@ impl PgStore {
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         // A connection of its own, closed at the end: the session lock dies with it even if a
         // step fails, and never goes back to the pool.
-        let conn = PgConnection::connect_with(&self.options).await?;
+        let conn = PgConnection::connect_with(&self.session_options()).await?;
         let mut migrator = PgMigrator(conn);
         // Migrations (an index on a large table) and the wait for another instance's
         // migration may take longer than a request's statement timeout.

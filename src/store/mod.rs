@@ -314,7 +314,22 @@ pub fn redact(url: &str) -> String {
             let _ = parsed.set_password(Some("***"));
             parsed.to_string()
         }
-        _ => url.to_string(),
+        Ok(_) => url.to_string(),
+        // A multi-host URL (`u:pw@h1:1,h2:2`) is no URL to the `url` crate: cut the password
+        // out of the user info by hand.
+        Err(_) => {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return url.to_string();
+            };
+            let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+            match authority.rfind('@').map(|at| &authority[..at]) {
+                Some(userinfo) if userinfo.contains(':') => {
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:***{}", &rest[userinfo.len()..])
+                }
+                _ => url.to_string(),
+            }
+        }
     }
 }
 
@@ -365,5 +380,10 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(
+            redact("postgres://u:secret@h1:5432,h2:5433/db?target_session_attrs=read-write"),
+            "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write"
+        );
+        assert_eq!(redact("postgres://u@h1,h2/db"), "postgres://u@h1,h2/db");
     }
 }

@@ -40,7 +40,7 @@ fn find_server() -> Option<String> {
     if let Some(url) = start_container() {
         return Some(url);
     }
-    start_local_cluster()
+    start_cluster("")
 }
 
 /// Runs `work` when the test process exits (for what lives in a static and is never dropped).
@@ -80,7 +80,9 @@ fn start_container() -> Option<String> {
 
 /// A cluster in a temporary directory, as the `postgres` user when we are root (initdb refuses
 /// root), on a free port, with fsync off: it only has to outlive this test process.
-fn start_local_cluster() -> Option<String> {
+/// `extra_options` are more `-c name=value` server settings (they win over ours); `None` when
+/// the machine has no PostgreSQL binaries or the cluster does not start.
+pub fn start_cluster(extra_options: &str) -> Option<String> {
     let bin = postgres_bindir()?;
     let dir = tempfile::Builder::new()
         .prefix("registrar-pg-")
@@ -122,7 +124,7 @@ fn start_local_cluster() -> Option<String> {
     let port = free_port()?;
     let options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-         -c full_page_writes=off -c max_connections=300",
+         -c full_page_writes=off -c max_connections=300 {extra_options}",
         dir.display()
     );
     let log = dir.join("log");

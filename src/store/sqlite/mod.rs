@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 64;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
-    pub(crate) options: SqliteConnectOptions,
+    pub(crate) options: std::sync::Arc<SqliteConnectOptions>,
     /// `None` in the worker's own copy, so that the queue closes with the last store.
     coalescer: Option<Coalescer>,
 }
@@ -57,7 +57,7 @@ impl SqliteStore {
             })?;
         let mut store = SqliteStore {
             pool,
-            options: connect_options,
+            options: std::sync::Arc::new(connect_options),
             coalescer: None,
         };
         // One worker: SQLite has one writer, and a second would only wait in the busy handler.
