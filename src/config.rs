@@ -23,7 +23,7 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
-    #[error("invalid --listen '{0}': expected udp:IP:PORT or tcp:IP:PORT")]
+    #[error("invalid --listen '{0}': expected udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT")]
     Listen(String),
     #[error("{0}")]
     Invalid(String),
@@ -53,6 +53,7 @@ impl std::str::FromStr for ListenAddr {
         let transport = match proto.to_ascii_lowercase().as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
             _ => return Err(bad()),
         };
         let addr = addr.parse().map_err(|_| bad())?;
@@ -168,6 +169,12 @@ pub struct Overrides {
     /// File holding the bearer token the /v1 admin API requires; needed when --http-listen is not loopback
     #[arg(long, value_name = "FILE")]
     pub http_token_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain of `tls:` listeners (SPEC W1)
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls:` listeners
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Seconds within which every request is answered, 0.1..=60 [default: 5]
     #[arg(long, value_name = "SECONDS")]
     pub request_deadline: Option<f64>,
@@ -256,11 +263,20 @@ pub struct Settings {
     /// The admin API's bearer token (O3).
     pub http_token: Option<String>,
     pub tcp: TcpLimits,
+    /// Certificate and key files of the `tls:` listeners (W1); set when there is one.
+    pub tls: Option<TlsFiles>,
     pub sqlite_synchronous: crate::store::Synchronous,
     pub retry_after: u32,
     pub retrans_cache_bytes: usize,
     pub pcscf: PcscfSettings,
     pub auth: AuthSettings,
+}
+
+/// The PEM files a `tls:` listener serves with (SPEC W1), read when the server starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// What one stream connection, and all of them together, may hold (SPEC H4).
@@ -475,6 +491,23 @@ impl Settings {
                 ))
             })?),
         };
+        let tls = match (&o.tls_cert, &o.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--tls-cert and --tls-key go together".into(),
+                ));
+            }
+        };
+        if tls.is_none() && listen.iter().any(|l| l.transport == Transport::Tls) {
+            return Err(ConfigError::Invalid(
+                "a tls: listener needs --tls-cert and --tls-key".into(),
+            ));
+        }
         let http_token = o.http_token_file.as_deref().map(read_token).transpose()?;
         if let Some(addr) = http_listen
             && !addr.ip().is_loopback()
@@ -516,6 +549,7 @@ impl Settings {
             request_deadline: seconds(o.request_deadline, 5.0, "request-deadline", 0.1, 60.0)?,
             http_listen,
             http_token,
+            tls,
             tcp,
             sqlite_synchronous: o.sqlite_synchronous.unwrap_or_default(),
             retry_after: ranged(o.retry_after, 5, "retry-after", 0, 3600)?,
@@ -657,6 +691,8 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         request_deadline,
         http_listen,
         http_token_file,
+        tls_cert,
+        tls_key,
         tcp_max_inflight,
         tcp_write_timeout,
         tcp_message_timeout,

@@ -52,6 +52,8 @@ pub enum ServerError {
 pub struct Running {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
+    /// `tls:` listeners (SPEC W1).
+    pub tls: Vec<SocketAddr>,
     pub stats: Arc<Stats>,
     /// The P-CSCF, when that is the role (tests drive its expiry job directly).
     pub pcscf: Option<Arc<Pcscf>>,
@@ -85,6 +87,12 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
     let tasks = TaskTracker::new();
     let stats = Arc::new(Stats::default());
     let (mut udp_sockets, mut tcp_listeners) = (Vec::new(), Vec::new());
+    let mut tls_listeners = Vec::new();
+    // Read the certificate before binding anything: a bad file stops the start (W1).
+    let acceptor = match &settings.tls {
+        Some(files) => Some(crate::transport::tls::acceptor(files).map_err(ServerError::Config)?),
+        None => None,
+    };
     for listen in &settings.listen {
         let bind_error = |source| ServerError::Bind {
             what: describe(listen),
@@ -103,6 +111,12 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
                     .map_err(bind_error)?;
                 tcp_listeners.push(socket);
             }
+            Transport::Tls => {
+                let socket = tokio::net::TcpListener::bind(listen.addr)
+                    .await
+                    .map_err(bind_error)?;
+                tls_listeners.push(socket);
+            }
         }
     }
     let udp: Vec<SocketAddr> = udp_sockets
@@ -110,6 +124,10 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         .filter_map(|s| s.local_addr().ok())
         .collect();
     let tcp: Vec<SocketAddr> = tcp_listeners
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .collect();
+    let tls: Vec<SocketAddr> = tls_listeners
         .iter()
         .filter_map(|s| s.local_addr().ok())
         .collect();
@@ -160,6 +178,18 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
             handler: Arc::clone(&handler),
             settings: connection_settings.clone(),
             slots: Arc::clone(&slots),
+            tls: None,
+        };
+        tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
+    }
+    // A TLS listener is a TCP listener with a handshake first; same connection budget.
+    for socket in tls_listeners {
+        let listener = TcpListener {
+            listener: socket,
+            handler: Arc::clone(&handler),
+            settings: connection_settings.clone(),
+            slots: Arc::clone(&slots),
+            tls: acceptor.clone(),
         };
         tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     }
@@ -199,10 +229,11 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         ),
         None => None,
     };
-    tracing::info!(?udp, ?tcp, ?http, role = ?settings.role, "listening");
+    tracing::info!(?udp, ?tcp, ?tls, ?http, role = ?settings.role, "listening");
     Ok(Running {
         udp,
         tcp,
+        tls,
         stats,
         pcscf,
         slots,
@@ -249,6 +280,8 @@ pub async fn roles(
                     max_contacts_per_register: settings.max_contacts_per_register,
                     request_deadline: settings.request_deadline,
                     auth: settings.auth.clone(),
+                    flow_timer: (settings.tcp.idle_timeout.as_secs() / 2).clamp(1, u32::MAX.into())
+                        as u32,
                 },
             )))
         }

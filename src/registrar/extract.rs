@@ -65,7 +65,7 @@ pub fn register_of(
         socket: Some(origin.socket()),
         connection_id: match origin.transport {
             Transport::Udp => -1,
-            Transport::Tcp => origin.connection_id,
+            Transport::Tcp | Transport::Tls => origin.connection_id,
         },
     })
 }

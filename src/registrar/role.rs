@@ -5,15 +5,15 @@
 
 use super::decide::Outcome;
 use super::extract::{ParseRules, register_of};
-use super::request::{Policies, Refusal};
+use super::request::{Contacts, Policies, Refusal, Register};
 use super::service::{Registration, register};
 use crate::auth::{Admission, AuthSettings, Authenticator};
 use crate::metrics::METRICS;
-use crate::sip::Origin;
 use crate::sip::header::option_tags;
 use crate::sip::methods::{Capabilities, triage};
 use crate::sip::request::Request;
 use crate::sip::response::{Response, http_date};
+use crate::sip::{Origin, Transport};
 use crate::store::{Binding, Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -42,6 +42,9 @@ pub struct RegistrarConfig {
     /// (H6).
     pub request_deadline: std::time::Duration,
     pub auth: AuthSettings,
+    /// `Flow-Timer` of a 200 OK to an outbound REGISTER over a stream (SPEC W3): seconds
+    /// between the UA's CRLF keep-alives, half the idle timeout that would close the flow.
+    pub flow_timer: u32,
 }
 
 pub struct Registrar {
@@ -163,7 +166,10 @@ impl Registrar {
                 }
                 log_change(&registration);
                 match &registration.outcome {
-                    Outcome::Registered => registered(request, &registration),
+                    Outcome::Registered => {
+                        let response = registered(request, &registration);
+                        self.outbound_flow(response, &wanted, origin)
+                    }
                     Outcome::Refused(refusal) => refused(request, refusal),
                 }
             }
@@ -198,6 +204,23 @@ impl Registrar {
                 Response::to(&request.message, 500, "Server Internal Error")
             }
         }
+    }
+
+    /// W3 (RFC 5626 §6): a 200 OK to a REGISTER that creates an outbound flow (a contact with
+    /// `+sip.instance` and `reg-id`) says `Require: outbound` and how often to ping. Only over
+    /// a stream: there the double-CRLF ping is answered (framing.rs); UDP flows are kept alive
+    /// with STUN, which this server does not answer, and a UA told to would see its flow fail.
+    fn outbound_flow(&self, response: Response, wanted: &Register, origin: &Origin) -> Response {
+        let outbound = match &wanted.contacts {
+            Contacts::List(contacts) => contacts.iter().any(|c| c.reg_id.is_some()),
+            Contacts::None | Contacts::Wildcard => false,
+        };
+        if !outbound || origin.transport == Transport::Udp {
+            return response;
+        }
+        response
+            .header("Require", "outbound")
+            .header("Flow-Timer", self.config.flow_timer.to_string())
     }
 
     fn unavailable(&self, request: &Request, code: u16, reason: &'static str) -> Response {

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26; SPEC W1): a stream like TCP, its bytes decrypted first.
+    Tls,
 }
 
 impl Transport {
@@ -15,6 +17,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 }

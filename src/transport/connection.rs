@@ -1,8 +1,8 @@
 //! The connection layer every stream transport shares (SPEC R1, H4): a reader that frames
 //! messages (`framing`) and hands each to the role in a task of its own, and one writer task
 //! that sends responses and anything else addressed to the peer (RFC 3261 §18: reuse the
-//! connection, found through the `Connections` registry). TCP today; TLS and WebSocket differ
-//! only in how bytes arrive, so they plug their streams in here.
+//! connection, found through the `Connections` registry). TCP and TLS (`tls.rs`) plug their
+//! streams in here; they differ only in how bytes arrive.
 //!
 //! Limits, so that a peer cannot hold more than its share (H4):
 //! - at most `max_inflight` of a connection's requests are being handled at once; the reader
@@ -18,13 +18,14 @@
 use super::framing::{Frame, Framer};
 use super::{Handler, Stats, dispatch};
 use crate::config::TcpLimits;
-use crate::sip::Origin;
 use crate::sip::response::Response;
 use crate::sip::wire;
+use crate::sip::{Origin, Transport};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -77,6 +78,18 @@ impl Connections {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>> {
         self.writers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+static NEXT_CONNECTION: AtomicI32 = AtomicI32::new(1);
+
+/// The origin of a stream connection, with the id `location.connection_id` records for it.
+pub fn origin(transport: Transport, peer: SocketAddr, local: SocketAddr) -> Origin {
+    Origin {
+        transport,
+        peer,
+        local,
+        connection_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod framing;
 pub mod outbound;
 pub mod retrans;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use crate::sip::response::Response;

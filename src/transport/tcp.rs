@@ -1,13 +1,13 @@
 //! TCP: the listener, its connection limits, and the connections it accepts or the outbound
 //! side opens. Framing, the per-connection limits and the writer are the shared connection
-//! layer's (`connection.rs`); TCP only supplies the byte stream.
+//! layer's (`connection.rs`); TCP only supplies the byte stream. A `tls:` listener is this
+//! listener with a TLS handshake between accept and the connection layer (`tls.rs`).
 
 use super::Handler;
 use super::connection::{self, ConnectionSettings};
-use crate::sip::{Origin, Transport};
+use crate::sip::Transport;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener as TokioListener, TcpStream};
@@ -20,6 +20,8 @@ pub struct TcpListener<H> {
     pub handler: Arc<H>,
     pub settings: ConnectionSettings,
     pub slots: Arc<Slots>,
+    /// Set for a `tls:` listener (SPEC W1).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Accepted connections, in all and per source IP (SPEC H4). A connection beyond either limit
@@ -84,8 +86,6 @@ impl Drop for Slot {
     }
 }
 
-static NEXT_CONNECTION: AtomicI32 = AtomicI32::new(1);
-
 /// Serves a TCP `stream` through the connection layer.
 pub fn start_connection<H: Handler>(
     stream: TcpStream,
@@ -97,15 +97,9 @@ pub fn start_connection<H: Handler>(
     tasks: &TaskTracker,
 ) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
     let _ = stream.set_nodelay(true);
-    let origin = Origin {
-        transport: Transport::Tcp,
-        peer,
-        local,
-        connection_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
-    };
     connection::start(
         stream.into_split(),
-        origin,
+        connection::origin(Transport::Tcp, peer, local),
         handler,
         settings,
         shutdown,
@@ -151,17 +145,35 @@ impl<H: Handler> TcpListener<H> {
                 drop(stream);
                 continue;
             };
-            let (_, serving) = start_connection(
-                stream,
-                peer,
-                local,
-                Arc::clone(&self.handler),
-                &self.settings,
-                shutdown.clone(),
-                &tasks,
-            );
-            // The slot is held for as long as the connection is open.
+            let handler = Arc::clone(&self.handler);
+            let Some(acceptor) = &self.tls else {
+                let (_, serving) = start_connection(
+                    stream,
+                    peer,
+                    local,
+                    handler,
+                    &self.settings,
+                    shutdown.clone(),
+                    &tasks,
+                );
+                // The slot is held for as long as the connection is open.
+                tasks.spawn(async move {
+                    let _ = serving.await;
+                    drop(slot);
+                });
+                continue;
+            };
+            let (acceptor, settings) = (acceptor.clone(), self.settings.clone());
+            let (shutdown, spawner) = (shutdown.clone(), tasks.clone());
             tasks.spawn(async move {
+                let Some(stream) =
+                    super::tls::handshake(&acceptor, stream, peer, &settings, &shutdown).await
+                else {
+                    return;
+                };
+                let (_, serving) = super::tls::start_connection(
+                    stream, peer, local, handler, &settings, shutdown, &spawner,
+                );
                 let _ = serving.await;
                 drop(slot);
             });

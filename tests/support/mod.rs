@@ -8,6 +8,7 @@ pub mod pg;
 pub mod proxy;
 pub mod scscf;
 pub mod sip;
+pub mod tls;
 
 use registrar::store::{Backend, ConnectOptions, Store};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -164,19 +164,8 @@ impl Tcp {
     pub async fn recv(&mut self, wait: Duration) -> Option<Reply> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("Content-Length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if self.buf.len() >= end + 4 + len {
-                    let frame: Vec<u8> = self.buf.drain(..end + 4 + len).collect();
-                    return Some(Reply::parse(&frame));
-                }
+            if let Some(frame) = take_frame(&mut self.buf) {
+                return Some(Reply::parse(&frame));
             }
             let mut chunk = [0u8; 8192];
             match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
@@ -207,6 +196,20 @@ impl Tcp {
             .await
             .expect("a reply within 5 s")
     }
+}
+
+/// The first complete message in `buf` (head, blank line, Content-Length bytes), taken out.
+pub fn take_frame(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Content-Length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    (buf.len() >= end + 4 + len).then(|| buf.drain(..end + 4 + len).collect())
 }
 
 static BRANCH: AtomicU32 = AtomicU32::new(0);

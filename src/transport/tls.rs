@@ -1,0 +1,94 @@
+//! SIP over TLS (RFC 3261 §26; SPEC W1): the certificate a `tls:` listener serves, and the
+//! handshake between the TCP listener's accept and the shared connection layer. Everything
+//! after the handshake — framing, limits, keep-alives, the writer — is `connection.rs`'s.
+
+use super::Handler;
+use super::connection::{self, ConnectionSettings};
+use crate::config::TlsFiles;
+use crate::sip::Transport;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The acceptor of every `tls:` listener, from PEM files; one readable line when they are not
+/// usable (missing, no certificate, a key that does not match).
+pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    let cert_path = files.cert.display();
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {cert_path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--tls-cert {cert_path}: no certificate in the file"
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
+    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The TLS handshake of an accepted connection. It counts as a message (SPEC W3): one that is
+/// not done within `--tcp-message-timeout` — a peer that never finishes it, or plaintext on
+/// the TLS port — closes the connection. `None` when it failed.
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: &ConnectionSettings,
+    shutdown: &CancellationToken,
+) -> Option<TlsStream<TcpStream>> {
+    let _ = stream.set_nodelay(true);
+    let accepting = tokio::time::timeout(settings.limits.message_timeout, acceptor.accept(stream));
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        outcome = accepting => outcome,
+    };
+    match outcome {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            settings.stats.drop_input("tls_handshake");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed; connection closed");
+            None
+        }
+        Err(_) => {
+            settings.stats.drop_input("tls_handshake");
+            tracing::debug!(%peer, "TLS handshake not done within the message timeout; connection closed");
+            None
+        }
+    }
+}
+
+/// Serves a TLS stream through the connection layer, as TCP serves its own.
+pub fn start_connection<H: Handler>(
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    handler: Arc<H>,
+    settings: &ConnectionSettings,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+    connection::start(
+        tokio::io::split(stream),
+        connection::origin(Transport::Tls, peer, local),
+        handler,
+        settings,
+        shutdown,
+        tasks,
+    )
+}

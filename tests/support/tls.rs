@@ -1,0 +1,94 @@
+//! A SIP-over-TLS client for tests (SPEC W1), trusting the throwaway test CA in
+//! `tests/data/tls/` that signed the server's certificate (127.0.0.1, localhost).
+
+use super::sip::Reply;
+use registrar::server::Running;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+pub fn cert() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls/cert.pem")
+}
+
+pub fn ca() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls/ca.pem")
+}
+
+pub fn key() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls/key.pem")
+}
+
+pub struct Tls {
+    pub stream: TlsStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Tls {
+    /// A TLS connection to the server's first `tls:` listener, handshake done.
+    pub async fn to(server: &Running) -> Tls {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(ca()).unwrap())
+            .unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(server.tls[0]).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let stream = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        Tls {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// Whatever arrives within `wait` (at least one read), or `None` when closed or silent.
+    pub async fn read_some(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(wait, self.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => Some(chunk[..n].to_vec()),
+            _ => None,
+        }
+    }
+
+    /// The next framed reply, or `None` if the connection closed or `wait` passed.
+    pub async fn recv(&mut self, wait: Duration) -> Option<Reply> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(frame) = super::sip::take_frame(&mut self.buf) {
+                return Some(Reply::parse(&frame));
+            }
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    pub async fn ask(&mut self, text: &str) -> Reply {
+        self.send(text.as_bytes()).await;
+        self.recv(Duration::from_secs(5))
+            .await
+            .expect("a reply within 5 s")
+    }
+}
