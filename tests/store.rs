@@ -466,3 +466,60 @@ both_backends!(s3_concurrent_migrations_do_not_race, |db| {
         3
     );
 });
+
+// H6: a REGISTER whose caller stopped waiting (answered 500 at its deadline) writes nothing
+// when its batch finally runs: answered work must not compete with fresh REGISTERs (a
+// failover's backlog). Here the AoR is held by another transaction past the caller's patience.
+both_backends!(h6_a_change_whose_caller_gave_up_writes_nothing, |db| {
+    let blocker = db.second_store().await;
+    let hold = match blocker.backend() {
+        Backend::Postgres => {
+            "BEGIN; SELECT pg_advisory_xact_lock(1380271921, hashtext('alice@example.com'))"
+        }
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+    };
+    let mut held = match &blocker {
+        registrar::store::Store::Postgres(s) => Held::Pg(s.pool().acquire().await.unwrap()),
+        registrar::store::Store::Sqlite(s) => Held::Lite(s.pool().acquire().await.unwrap()),
+    };
+    held.run(hold).await;
+    let store = db.second_store().await;
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.update_aor(&aor(), Reads::Bindings, |snap| {
+            insert(full_binding("sip:alice@192.0.2.1:5060", snap.now))
+        }),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "the caller gave up while the AoR was held"
+    );
+    held.run("ROLLBACK").await;
+    // The abandoned change runs once the AoR is free; give it time to (not) write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 0);
+    // And the next change of that AoR goes through as usual.
+    store
+        .update_aor(&aor(), Reads::Bindings, |snap| {
+            insert(full_binding("sip:alice@192.0.2.1:5060", snap.now))
+        })
+        .await
+        .unwrap();
+    assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
+});
+
+enum Held {
+    Pg(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Lite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
+impl Held {
+    async fn run(&mut self, sql: &'static str) {
+        match self {
+            Held::Pg(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
+            Held::Lite(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
+        }
+        .unwrap();
+    }
+}

@@ -31,6 +31,15 @@ pub(crate) struct Job {
     reply: oneshot::Sender<Result<Applied<Outcome>, StoreError>>,
 }
 
+impl Job {
+    /// Whether the REGISTER's caller stopped waiting (its deadline passed, it was answered
+    /// 500): a backend still decides it, but writes nothing for it, so that work which has been
+    /// answered does not compete with fresh REGISTERs (a failover's backlog, for one).
+    pub(crate) fn gave_up(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
 /// A backend's way to run several AoRs' changes in one transaction. The jobs have distinct
 /// AoRs; the result has one entry per job, in order.
 pub(crate) trait Batch: Clone + Send + Sync + 'static {

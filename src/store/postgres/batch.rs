@@ -88,6 +88,10 @@ async fn run(store: &PgStore, jobs: &[Job]) -> Result<Vec<Applied<Outcome>>, Sto
         let mut snapshot = AorSnapshot::live(rows, now);
         snapshot.subscriber = subscriber.take();
         let plan = (job.decide)(&snapshot);
+        if job.gave_up() {
+            plans.push(plan);
+            continue;
+        }
         delete.extend(plan.delete.iter().copied());
         delete.extend(expired_conflicts(&plan, rows, now));
         update.extend(plan.update.iter().cloned());

@@ -136,6 +136,10 @@ impl Batch for SqliteStore {
                 snapshot.subscriber = read_subscriber(&mut tx, &job.aor).await?;
             }
             let plan = (job.decide)(&snapshot);
+            if job.gave_up() {
+                done.push((plan, rows, Vec::new()));
+                continue;
+            }
             let mut delete = plan.delete.clone();
             delete.extend(expired_conflicts(&plan, &rows, now));
             for id in &delete {
