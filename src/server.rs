@@ -172,24 +172,16 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         };
         tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     }
-    for socket in tcp_listeners {
+    // A TLS listener is a TCP listener with a handshake first; one connection budget for both.
+    let streams = (tcp_listeners.into_iter().map(|s| (s, None)))
+        .chain(tls_listeners.into_iter().map(|s| (s, acceptor.clone())));
+    for (socket, tls) in streams {
         let listener = TcpListener {
             listener: socket,
             handler: Arc::clone(&handler),
             settings: connection_settings.clone(),
             slots: Arc::clone(&slots),
-            tls: None,
-        };
-        tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
-    }
-    // A TLS listener is a TCP listener with a handshake first; same connection budget.
-    for socket in tls_listeners {
-        let listener = TcpListener {
-            listener: socket,
-            handler: Arc::clone(&handler),
-            settings: connection_settings.clone(),
-            slots: Arc::clone(&slots),
-            tls: acceptor.clone(),
+            tls,
         };
         tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     }

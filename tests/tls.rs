@@ -11,6 +11,13 @@ use support::sip::{RegisterMsg, Tcp, Udp};
 use support::tls::{self as tls_support, Tls};
 use tokio::io::AsyncWriteExt;
 
+/// A REGISTER of `user` over TLS with a `sips:` contact at `ip`.
+fn over_tls(user: &str, ip: &str) -> RegisterMsg {
+    RegisterMsg::new(user)
+        .via("TLS", 5061)
+        .contact(&format!("<sips:{user}@{ip}:5061>"))
+}
+
 /// A server with a `tls:` listener (and TCP, to see that it keeps serving) on `db`.
 async fn serve_tls(db: &TestDb, flags: Overrides) -> Running {
     let flags = Overrides {
@@ -36,14 +43,7 @@ async fn serve_tls(db: &TestDb, flags: Overrides) -> Running {
 both_backends!(w1_register_over_tls_is_stored_with_its_listener, |db| {
     let running = serve_tls(db, Overrides::default()).await;
     let mut ua = Tls::to(&running).await;
-    let reply = ua
-        .ask(
-            &RegisterMsg::new("tina")
-                .via("TLS", 5061)
-                .contact("<sips:tina@10.0.0.1:5061>")
-                .text(),
-        )
-        .await;
+    let reply = ua.ask(&over_tls("tina", "10.0.0.1").text()).await;
     assert_eq!(reply.code, 200, "{}", reply.text);
     assert_eq!(reply.contacts().len(), 1);
     let listener = running.tls[0];
@@ -69,14 +69,7 @@ both_backends!(w3_crlf_keepalive_over_tls, |db| {
         ua.read_some(Duration::from_secs(5)).await.as_deref(),
         Some(&b"\r\n"[..])
     );
-    let reply = ua
-        .ask(
-            &RegisterMsg::new("kurt")
-                .via("TLS", 5061)
-                .contact("<sips:kurt@10.0.0.2:5061>")
-                .text(),
-        )
-        .await;
+    let reply = ua.ask(&over_tls("kurt", "10.0.0.2").text()).await;
     assert_eq!(reply.code, 200);
     running.stop().await;
 });
@@ -110,9 +103,7 @@ both_backends!(
         assert_eq!(reply.header("Require"), Some("outbound"));
         assert_eq!(reply.header("Flow-Timer"), Some("45"));
 
-        let plain = RegisterMsg::new("pia")
-            .via("TLS", 5061)
-            .contact("<sips:pia@10.0.0.5:5061>");
+        let plain = over_tls("pia", "10.0.0.5");
         let reply = ua.ask(&plain.text()).await;
         assert_eq!((reply.code, reply.header("Require")), (200, None));
 
@@ -179,14 +170,7 @@ both_backends!(
         );
 
         let mut ua = Tls::to(&running).await;
-        let reply = ua
-            .ask(
-                &RegisterMsg::new("nina")
-                    .via("TLS", 5061)
-                    .contact("<sips:nina@10.0.0.3:5061>")
-                    .text(),
-            )
-            .await;
+        let reply = ua.ask(&over_tls("nina", "10.0.0.3").text()).await;
         assert_eq!(reply.code, 200, "the server serves on");
         assert_eq!(db.scalar("SELECT count(*) FROM location").await, 1);
         running.stop().await;
