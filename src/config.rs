@@ -23,7 +23,7 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
-    #[error("invalid --listen '{0}': expected udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT")]
+    #[error("invalid --listen '{0}': expected udp:, tcp:, tls:, ws: or wss: then IP:PORT")]
     Listen(String),
     #[error("{0}")]
     Invalid(String),
@@ -54,6 +54,8 @@ impl std::str::FromStr for ListenAddr {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
             "tls" => Transport::Tls,
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
             _ => return Err(bad()),
         };
         let addr = addr.parse().map_err(|_| bad())?;
@@ -65,7 +67,7 @@ impl std::str::FromStr for ListenAddr {
 #[derive(Clone, Debug, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
-    /// Listen socket, repeatable: udp:IP:PORT or tcp:IP:PORT [default: udp and tcp on 0.0.0.0:5060]
+    /// Listen socket, repeatable: udp:, tcp:, tls:, ws: or wss: then IP:PORT [default: udp and tcp on 0.0.0.0:5060]
     #[arg(long = "listen", value_name = "PROTO:IP:PORT")]
     #[serde(default)]
     pub listen: Vec<String>,
@@ -169,10 +171,10 @@ pub struct Overrides {
     /// File holding the bearer token the /v1 admin API requires; needed when --http-listen is not loopback
     #[arg(long, value_name = "FILE")]
     pub http_token_file: Option<std::path::PathBuf>,
-    /// PEM certificate chain of `tls:` listeners (SPEC W1)
+    /// PEM certificate chain of `tls:` and `wss:` listeners (SPEC W1, W2)
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key of `tls:` listeners
+    /// PEM private key of `tls:` and `wss:` listeners
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<std::path::PathBuf>,
     /// Seconds within which every request is answered, 0.1..=60 [default: 5]
@@ -503,10 +505,15 @@ impl Settings {
                 ));
             }
         };
-        if tls.is_none() && listen.iter().any(|l| l.transport == Transport::Tls) {
-            return Err(ConfigError::Invalid(
-                "a tls: listener needs --tls-cert and --tls-key".into(),
-            ));
+        if let Some(l) = listen
+            .iter()
+            .find(|l| matches!(l.transport, Transport::Tls | Transport::Wss))
+            && tls.is_none()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "a {}: listener needs --tls-cert and --tls-key",
+                l.transport
+            )));
         }
         let http_token = o.http_token_file.as_deref().map(read_token).transpose()?;
         if let Some(addr) = http_listen

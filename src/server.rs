@@ -17,7 +17,7 @@ use crate::store::Store;
 use crate::transport::connection::{ConnectionSettings, Connections};
 use crate::transport::outbound::Sender;
 use crate::transport::retrans::ResponseCache;
-use crate::transport::tcp::{Slots, TcpListener};
+use crate::transport::tcp::{Handshake, Slots, TcpListener};
 use crate::transport::udp::UdpListener;
 use crate::transport::{Handler, Stats};
 use std::net::SocketAddr;
@@ -54,6 +54,9 @@ pub struct Running {
     pub tcp: Vec<SocketAddr>,
     /// `tls:` listeners (SPEC W1).
     pub tls: Vec<SocketAddr>,
+    /// `ws:` and `wss:` listeners (SPEC W2).
+    pub ws: Vec<SocketAddr>,
+    pub wss: Vec<SocketAddr>,
     pub stats: Arc<Stats>,
     /// The P-CSCF, when that is the role (tests drive its expiry job directly).
     pub pcscf: Option<Arc<Pcscf>>,
@@ -86,8 +89,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let stats = Arc::new(Stats::default());
-    let (mut udp_sockets, mut tcp_listeners) = (Vec::new(), Vec::new());
-    let mut tls_listeners = Vec::new();
+    let (mut udp_sockets, mut stream_listeners) = (Vec::new(), Vec::new());
     // Read the certificate before binding anything: a bad file stops the start (W1).
     let acceptor = match &settings.tls {
         Some(files) => Some(crate::transport::tls::acceptor(files).map_err(ServerError::Config)?),
@@ -105,17 +107,11 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
                     .map_err(bind_error)?;
                 udp_sockets.push(Arc::new(socket));
             }
-            Transport::Tcp => {
+            stream => {
                 let socket = tokio::net::TcpListener::bind(listen.addr)
                     .await
                     .map_err(bind_error)?;
-                tcp_listeners.push(socket);
-            }
-            Transport::Tls => {
-                let socket = tokio::net::TcpListener::bind(listen.addr)
-                    .await
-                    .map_err(bind_error)?;
-                tls_listeners.push(socket);
+                stream_listeners.push((socket, stream));
             }
         }
     }
@@ -123,14 +119,14 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         .iter()
         .filter_map(|s| s.local_addr().ok())
         .collect();
-    let tcp: Vec<SocketAddr> = tcp_listeners
-        .iter()
-        .filter_map(|s| s.local_addr().ok())
-        .collect();
-    let tls: Vec<SocketAddr> = tls_listeners
-        .iter()
-        .filter_map(|s| s.local_addr().ok())
-        .collect();
+    let bound = |transport: Transport| -> Vec<SocketAddr> {
+        (stream_listeners.iter())
+            .filter(|(_, t)| *t == transport)
+            .filter_map(|(s, _)| s.local_addr().ok())
+            .collect()
+    };
+    let (tcp, tls) = (bound(Transport::Tcp), bound(Transport::Tls));
+    let (ws, wss) = (bound(Transport::Ws), bound(Transport::Wss));
     let connection_settings = ConnectionSettings {
         stats: Arc::clone(&stats),
         connections: Arc::new(Connections::default()),
@@ -172,16 +168,26 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         };
         tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     }
-    // A TLS listener is a TCP listener with a handshake first; one connection budget for both.
-    let streams = (tcp_listeners.into_iter().map(|s| (s, None)))
-        .chain(tls_listeners.into_iter().map(|s| (s, acceptor.clone())));
-    for (socket, tls) in streams {
+    // TLS and WebSocket listeners are TCP listeners with handshakes first; one connection
+    // budget for all of them.
+    for (socket, transport) in stream_listeners {
+        let handshake = match (transport, &acceptor) {
+            (Transport::Tcp, _) => Handshake::None,
+            (Transport::Ws, _) => Handshake::Ws,
+            (Transport::Tls, Some(tls)) => Handshake::Tls(tls.clone()),
+            (Transport::Wss, Some(tls)) => Handshake::Wss(tls.clone()),
+            (other, _) => {
+                return Err(ServerError::Config(format!(
+                    "a {other}: listener needs --tls-cert and --tls-key"
+                )));
+            }
+        };
         let listener = TcpListener {
             listener: socket,
             handler: Arc::clone(&handler),
             settings: connection_settings.clone(),
             slots: Arc::clone(&slots),
-            tls,
+            handshake,
         };
         tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     }
@@ -221,11 +227,13 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         ),
         None => None,
     };
-    tracing::info!(?udp, ?tcp, ?tls, ?http, role = ?settings.role, "listening");
+    tracing::info!(?udp, ?tcp, ?tls, ?ws, ?wss, ?http, role = ?settings.role, "listening");
     Ok(Running {
         udp,
         tcp,
         tls,
+        ws,
+        wss,
         stats,
         pcscf,
         slots,

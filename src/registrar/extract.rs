@@ -3,12 +3,12 @@
 //! wrong with them.
 
 use super::request::{Contacts, Refusal, Register, RequestedContact, Source};
+use crate::sip::Origin;
 use crate::sip::aor::{AorError, aor_of};
 use crate::sip::header::{NameAddr, Via, split_list};
 use crate::sip::request::Request;
 use crate::sip::uri::{Scheme, Uri};
 use crate::sip::wire::parse_u32;
-use crate::sip::{Origin, Transport};
 
 /// Longest contact URI stored (Kamailio's `contact_max_size`, SPEC H3).
 pub const MAX_CONTACT: usize = 512;
@@ -58,14 +58,15 @@ pub fn register_of(
         source: Some(Source {
             host: origin.peer_host(),
             port: origin.peer.port(),
-            transport: origin.transport.as_str().to_string(),
+            transport: origin.transport.uri_param().to_string(),
             differs_from_via: differs_from_via(request, origin),
         }),
         user_agent,
         socket: Some(origin.socket()),
-        connection_id: match origin.transport {
-            Transport::Udp => -1,
-            Transport::Tcp | Transport::Tls => origin.connection_id,
+        connection_id: if origin.transport.is_stream() {
+            origin.connection_id
+        } else {
+            -1
         },
     })
 }

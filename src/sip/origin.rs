@@ -10,6 +10,10 @@ pub enum Transport {
     Tcp,
     /// SIP over TLS (RFC 3261 §26; SPEC W1): a stream like TCP, its bytes decrypted first.
     Tls,
+    /// SIP over WebSocket (RFC 7118; SPEC W2): one SIP message per WebSocket message.
+    Ws,
+    /// SIP over secure WebSocket: WebSocket over TLS.
+    Wss,
 }
 
 impl Transport {
@@ -18,7 +22,24 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
+    }
+
+    /// The `transport=` URI parameter that reaches a peer over this transport: RFC 7118 §5.2
+    /// defines `ws` for both WebSocket flavours (the secure one is a `sips:` URI), and Kamailio
+    /// writes `received` that way.
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Wss => "ws",
+            other => other.as_str(),
+        }
+    }
+
+    /// Stream transports carry a connection: responses and requests to the peer reuse it.
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
     }
 }
 

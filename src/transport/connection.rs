@@ -1,8 +1,10 @@
-//! The connection layer every stream transport shares (SPEC R1, H4): a reader that frames
-//! messages (`framing`) and hands each to the role in a task of its own, and one writer task
-//! that sends responses and anything else addressed to the peer (RFC 3261 §18: reuse the
-//! connection, found through the `Connections` registry). TCP and TLS (`tls.rs`) plug their
-//! streams in here; they differ only in how bytes arrive.
+//! The connection layer every stream transport shares (SPEC R1, H4, W3): a reader that takes
+//! messages from the transport's `Incoming` and hands each to the role in a task of its own,
+//! and one writer task that sends responses and anything else addressed to the peer through
+//! its `Outgoing` (RFC 3261 §18: reuse the connection, found through the `Connections`
+//! registry). Transports differ only in how bytes arrive: TCP and TLS (`tls.rs`) are byte
+//! streams cut by Content-Length (`ByteStream`), WebSocket (`ws.rs`) carries one message per
+//! WebSocket message.
 //!
 //! Limits, so that a peer cannot hold more than its share (H4):
 //! - at most `max_inflight` of a connection's requests are being handled at once; the reader
@@ -95,8 +97,8 @@ pub fn origin(transport: Transport, peer: SocketAddr, local: SocketAddr) -> Orig
 
 /// Serves one connection in a task of its own; returns the writer that sends on it and the
 /// task, which ends when the connection is closed.
-pub fn start<H, R, W>(
-    (reader, writer): (R, W),
+pub fn start<H, I, O>(
+    (incoming, outgoing): (I, O),
     origin: Origin,
     handler: Arc<H>,
     settings: &ConnectionSettings,
@@ -105,8 +107,8 @@ pub fn start<H, R, W>(
 ) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>)
 where
     H: Handler,
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    I: Incoming,
+    O: Outgoing,
 {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     settings.connections.insert(origin.peer, tx.clone());
@@ -118,18 +120,19 @@ where
     };
     let closed = shutdown.child_token();
     let writing = tasks.spawn(write(
-        writer,
+        outgoing,
         rx,
         settings.limits.write_timeout,
         closed.clone(),
     ));
-    let serving = tasks.spawn(connection.read(reader, tx.clone(), writing, closed, tasks.clone()));
+    let serving =
+        tasks.spawn(connection.read(incoming, tx.clone(), writing, closed, tasks.clone()));
     (tx, serving)
 }
 
 /// Sends what is queued; a write that takes longer than `timeout` closes the connection.
-async fn write<W: AsyncWrite + Unpin>(
-    mut writer: W,
+async fn write<O: Outgoing>(
+    mut writer: O,
     mut rx: mpsc::Receiver<Vec<u8>>,
     timeout: std::time::Duration,
     closed: CancellationToken,
@@ -142,7 +145,7 @@ async fn write<W: AsyncWrite + Unpin>(
                 None => break,
             },
         };
-        match tokio::time::timeout(timeout, writer.write_all(&bytes)).await {
+        match tokio::time::timeout(timeout, writer.send(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {
@@ -153,7 +156,7 @@ async fn write<W: AsyncWrite + Unpin>(
     }
     // Whatever ended the writing ends the reading too.
     closed.cancel();
-    let _ = tokio::time::timeout(timeout, writer.shutdown()).await;
+    let _ = tokio::time::timeout(timeout, writer.close()).await;
 }
 
 struct Connection<H> {
@@ -164,9 +167,9 @@ struct Connection<H> {
 }
 
 impl<H: Handler> Connection<H> {
-    async fn read<R: AsyncRead + Unpin>(
+    async fn read<I: Incoming>(
         self,
-        mut reader: R,
+        mut incoming: I,
         tx: mpsc::Sender<Vec<u8>>,
         writing: tokio::task::JoinHandle<()>,
         closed: CancellationToken,
@@ -175,67 +178,44 @@ impl<H: Handler> Connection<H> {
         let peer = self.origin.peer;
         let limits = self.settings.limits;
         let this = Arc::new(self);
-        let mut framer = Framer::new(this.settings.max_message_size);
-        let mut chunk = vec![0u8; 16 * 1024];
-        // When the message being received must be complete (its first byte + message_timeout).
-        let mut message_deadline: Option<Instant> = None;
-        'connection: loop {
-            loop {
-                match framer.next_frame() {
-                    Frame::Incomplete => break,
-                    Frame::Ping => {
-                        let _ = tx.send(b"\r\n".to_vec()).await;
-                    }
-                    Frame::Message(data) => {
-                        // Backpressure (H4): wait for a slot before reading any further.
-                        let permit = tokio::select! {
-                            _ = closed.cancelled() => break 'connection,
-                            p = Arc::clone(&this.inflight).acquire_owned() => match p {
-                                Ok(p) => p,
-                                Err(_) => break 'connection,
-                            },
-                        };
-                        let (this, tx) = (Arc::clone(&this), tx.clone());
-                        tasks.spawn(async move {
-                            this.message(data, tx).await;
-                            drop(permit);
-                        });
-                    }
-                    Frame::NoLength(head) => {
-                        this.refuse(&head, 400, "Missing Content-Length", &tx).await;
-                        break 'connection;
-                    }
-                    Frame::TooLarge(head) => {
-                        this.refuse(&head, 413, "Request Entity Too Large", &tx)
-                            .await;
-                        break 'connection;
-                    }
-                }
-            }
-            message_deadline = match (framer.is_partial(), message_deadline) {
-                (false, _) => None,
-                (true, Some(d)) => Some(d),
-                (true, None) => Some(Instant::now() + limits.message_timeout),
-            };
-            let wait_until =
-                message_deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
-            let read = tokio::select! {
+        loop {
+            let frame = tokio::select! {
                 _ = closed.cancelled() => break,
-                r = tokio::time::timeout_at(wait_until, reader.read(&mut chunk)) => r,
+                f = incoming.next(&limits) => match f {
+                    Ok(frame) => frame,
+                    Err(ended) => {
+                        ended.log(peer, &this.settings.stats);
+                        break;
+                    }
+                },
             };
-            match read {
-                Ok(Ok(0)) => break,
-                Ok(Ok(n)) => framer.push(&chunk[..n]),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "stream read failed");
+            match frame {
+                Frame::Incomplete => {}
+                Frame::Ping => {
+                    let _ = tx.send(b"\r\n".to_vec()).await;
+                }
+                Frame::Message(data) => {
+                    // Backpressure (H4): wait for a slot before reading any further.
+                    let permit = tokio::select! {
+                        _ = closed.cancelled() => break,
+                        p = Arc::clone(&this.inflight).acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    };
+                    let (this, tx) = (Arc::clone(&this), tx.clone());
+                    tasks.spawn(async move {
+                        this.message(data, tx).await;
+                        drop(permit);
+                    });
+                }
+                Frame::NoLength(head) => {
+                    this.refuse(&head, 400, "Missing Content-Length", &tx).await;
                     break;
                 }
-                Err(_) if message_deadline.is_some() => {
-                    tracing::debug!(%peer, "message not complete within the deadline; closed");
-                    break;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "idle connection closed");
+                Frame::TooLarge(head) => {
+                    this.refuse(&head, 413, "Request Entity Too Large", &tx)
+                        .await;
                     break;
                 }
             }
@@ -283,5 +263,114 @@ impl<H: Handler> Connection<H> {
                 .send(Response::to(&message, code, reason).to_bytes())
                 .await;
         }
+    }
+}
+
+/// How a transport's messages arrive.
+pub trait Incoming: Send + 'static {
+    /// The next frame (never `Frame::Incomplete`), or why the connection is over. It must
+    /// apply `limits`' message and idle deadlines, and be cancel-safe.
+    fn next(&mut self, limits: &TcpLimits) -> impl Future<Output = Result<Frame, Ended>> + Send;
+}
+
+/// How a transport sends one message (a response, a request, a keep-alive pong).
+pub trait Outgoing: Send + 'static {
+    fn send(&mut self, bytes: Vec<u8>) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Ends the connection politely (TCP FIN, TLS close_notify, WebSocket Close).
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Why a connection stopped reading.
+#[derive(Debug)]
+pub enum Ended {
+    /// The peer closed it.
+    Closed,
+    /// A read failed (reset and the like).
+    Failed(String),
+    /// The peer broke the transport's own protocol (a bad WebSocket frame, a message over the
+    /// size limit): counted as dropped input under this reason.
+    Broken(&'static str, String),
+    /// A message was not complete within the message timeout of its first byte.
+    Late,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+}
+
+impl Ended {
+    fn log(&self, peer: SocketAddr, stats: &Stats) {
+        match self {
+            Ended::Closed => {}
+            Ended::Failed(e) => tracing::debug!(%peer, error = %e, "stream read failed"),
+            Ended::Broken(reason, e) => {
+                stats.drop_input(reason);
+                tracing::debug!(%peer, error = %e, "stream broken by the peer; closed");
+            }
+            Ended::Late => {
+                tracing::debug!(%peer, "message not complete within the deadline; closed")
+            }
+            Ended::Idle => tracing::debug!(%peer, "idle connection closed"),
+        }
+    }
+}
+
+/// A byte stream (TCP, TLS) cut into messages by Content-Length (`framing.rs`).
+pub struct ByteStream<R> {
+    reader: R,
+    framer: Framer,
+    chunk: Vec<u8>,
+    /// When the message being received must be complete (its first byte + message_timeout).
+    message_deadline: Option<Instant>,
+}
+
+/// The sending half of a byte stream.
+pub struct ByteSink<W>(W);
+
+/// A byte stream's halves as the connection layer takes them.
+pub fn byte_stream<R, W>(
+    (reader, writer): (R, W),
+    max_message_size: usize,
+) -> (ByteStream<R>, ByteSink<W>) {
+    let incoming = ByteStream {
+        reader,
+        framer: Framer::new(max_message_size),
+        chunk: vec![0u8; 16 * 1024],
+        message_deadline: None,
+    };
+    (incoming, ByteSink(writer))
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> Incoming for ByteStream<R> {
+    async fn next(&mut self, limits: &TcpLimits) -> Result<Frame, Ended> {
+        loop {
+            match self.framer.next_frame() {
+                Frame::Incomplete => {}
+                frame => return Ok(frame),
+            }
+            self.message_deadline = match (self.framer.is_partial(), self.message_deadline) {
+                (false, _) => None,
+                (true, Some(d)) => Some(d),
+                (true, None) => Some(Instant::now() + limits.message_timeout),
+            };
+            let wait_until = self
+                .message_deadline
+                .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+            match tokio::time::timeout_at(wait_until, self.reader.read(&mut self.chunk)).await {
+                Ok(Ok(0)) => return Err(Ended::Closed),
+                Ok(Ok(n)) => self.framer.push(&self.chunk[..n]),
+                Ok(Err(e)) => return Err(Ended::Failed(e.to_string())),
+                Err(_) if self.message_deadline.is_some() => return Err(Ended::Late),
+                Err(_) => return Err(Ended::Idle),
+            }
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Outgoing for ByteSink<W> {
+    async fn send(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        self.0.write_all(&bytes).await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
     }
 }

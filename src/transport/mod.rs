@@ -9,6 +9,7 @@ pub mod retrans;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
+pub mod ws;
 
 use crate::sip::response::Response;
 use crate::sip::wire::Message;

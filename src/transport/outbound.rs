@@ -92,16 +92,18 @@ impl<H: Handler> Outbound for Sender<H> {
                     socket.send_to(&bytes, to.addr).await.map(|_| ())
                 }
                 Transport::Tcp => self.send_tcp(to, bytes).await,
-                // Only over a connection the peer opened: we are no TLS client.
-                Transport::Tls => match self.tcp.connections.writer(to.addr) {
-                    Some(writer) => writer.send(bytes).await.map_err(|_| {
-                        io::Error::new(io::ErrorKind::BrokenPipe, "TLS connection closed")
-                    }),
-                    None => Err(io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        "no TLS connection from that peer",
-                    )),
-                },
+                // Only over a connection the peer opened: we are no TLS or WebSocket client.
+                Transport::Tls | Transport::Ws | Transport::Wss => {
+                    match self.tcp.connections.writer(to.addr) {
+                        Some(writer) => writer.send(bytes).await.map_err(|_| {
+                            io::Error::new(io::ErrorKind::BrokenPipe, "connection closed")
+                        }),
+                        None => Err(io::Error::new(
+                            io::ErrorKind::NotConnected,
+                            format!("no {} connection from that peer", to.transport),
+                        )),
+                    }
+                }
             }
         })
     }

@@ -1,10 +1,12 @@
 //! TCP: the listener, its connection limits, and the connections it accepts or the outbound
 //! side opens. Framing, the per-connection limits and the writer are the shared connection
-//! layer's (`connection.rs`); TCP only supplies the byte stream. A `tls:` listener is this
-//! listener with a TLS handshake between accept and the connection layer (`tls.rs`).
+//! layer's (`connection.rs`); TCP only supplies the byte stream. `tls:`, `ws:` and `wss:`
+//! listeners are this listener with handshakes between accept and the connection layer: TLS
+//! (`tls.rs`), the WebSocket upgrade (`ws.rs`), or both.
 
 use super::Handler;
-use super::connection::{self, ConnectionSettings};
+use super::connection::{self, ConnectionSettings, Incoming, Outgoing};
+use super::ws::{WsIncoming, WsOutgoing};
 use crate::sip::Transport;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener as TokioListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,8 +23,21 @@ pub struct TcpListener<H> {
     pub handler: Arc<H>,
     pub settings: ConnectionSettings,
     pub slots: Arc<Slots>,
-    /// Set for a `tls:` listener (SPEC W1).
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub handshake: Handshake,
+}
+
+/// What runs between accept and the connection layer; each step is bounded by the message
+/// timeout (W3).
+#[derive(Clone)]
+pub enum Handshake {
+    /// `tcp:`: none.
+    None,
+    /// `tls:` (SPEC W1).
+    Tls(TlsAcceptor),
+    /// `ws:` (SPEC W2): the HTTP upgrade.
+    Ws,
+    /// `wss:`: TLS, then the HTTP upgrade.
+    Wss(TlsAcceptor),
 }
 
 /// Accepted connections, in all and per source IP (SPEC H4). A connection beyond either limit
@@ -98,7 +114,7 @@ pub fn start_connection<H: Handler>(
 ) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
     let _ = stream.set_nodelay(true);
     connection::start(
-        stream.into_split(),
+        connection::byte_stream(stream.into_split(), settings.max_message_size),
         connection::origin(Transport::Tcp, peer, local),
         handler,
         settings,
@@ -146,37 +162,102 @@ impl<H: Handler> TcpListener<H> {
                 continue;
             };
             let handler = Arc::clone(&self.handler);
-            let Some(acceptor) = &self.tls else {
-                let (_, serving) = start_connection(
-                    stream,
-                    peer,
-                    local,
-                    handler,
-                    &self.settings,
-                    shutdown.clone(),
-                    &tasks,
-                );
-                // The slot is held for as long as the connection is open.
-                tasks.spawn(async move {
-                    let _ = serving.await;
-                    drop(slot);
-                });
-                continue;
-            };
-            let (acceptor, settings) = (acceptor.clone(), self.settings.clone());
+            let (handshake, settings) = (self.handshake.clone(), self.settings.clone());
             let (shutdown, spawner) = (shutdown.clone(), tasks.clone());
             tasks.spawn(async move {
-                let Some(stream) =
-                    super::tls::handshake(&acceptor, stream, peer, &settings, &shutdown).await
-                else {
-                    return;
+                let connection = Accepted {
+                    peer,
+                    local,
+                    settings: &settings,
+                    shutdown: &shutdown,
                 };
-                let (_, serving) = super::tls::start_connection(
-                    stream, peer, local, handler, &settings, shutdown, &spawner,
-                );
-                let _ = serving.await;
+                if let Some(serving) = connection.serve(stream, handshake, handler, &spawner).await
+                {
+                    let _ = serving.await;
+                }
+                // The slot is held for as long as the connection is open.
                 drop(slot);
             });
         }
+    }
+}
+
+/// An accepted connection on its way to the connection layer.
+struct Accepted<'a> {
+    peer: SocketAddr,
+    local: SocketAddr,
+    settings: &'a ConnectionSettings,
+    shutdown: &'a CancellationToken,
+}
+
+impl Accepted<'_> {
+    /// Runs the listener's handshakes and starts serving; `None` when a handshake failed.
+    async fn serve<H: Handler>(
+        &self,
+        stream: TcpStream,
+        handshake: Handshake,
+        handler: Arc<H>,
+        tasks: &TaskTracker,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let max = self.settings.max_message_size;
+        let serving = match handshake {
+            Handshake::None => return Some(self.start_tcp(stream, handler, tasks)),
+            Handshake::Tls(acceptor) => {
+                let stream = self.tls(&acceptor, stream).await?;
+                let io = connection::byte_stream(tokio::io::split(stream), max);
+                self.start(io, Transport::Tls, handler, tasks)
+            }
+            Handshake::Ws => {
+                let _ = stream.set_nodelay(true);
+                let io = self.upgrade(stream).await?;
+                self.start(io, Transport::Ws, handler, tasks)
+            }
+            Handshake::Wss(acceptor) => {
+                let stream = self.tls(&acceptor, stream).await?;
+                let io = self.upgrade(stream).await?;
+                self.start(io, Transport::Wss, handler, tasks)
+            }
+        };
+        Some(serving)
+    }
+
+    fn start_tcp<H: Handler>(
+        &self,
+        stream: TcpStream,
+        handler: Arc<H>,
+        tasks: &TaskTracker,
+    ) -> tokio::task::JoinHandle<()> {
+        let (settings, shutdown) = (self.settings, self.shutdown.clone());
+        start_connection(
+            stream, self.peer, self.local, handler, settings, shutdown, tasks,
+        )
+        .1
+    }
+
+    fn start<H: Handler, I: Incoming, O: Outgoing>(
+        &self,
+        io: (I, O),
+        transport: Transport,
+        handler: Arc<H>,
+        tasks: &TaskTracker,
+    ) -> tokio::task::JoinHandle<()> {
+        let origin = connection::origin(transport, self.peer, self.local);
+        let shutdown = self.shutdown.clone();
+        connection::start(io, origin, handler, self.settings, shutdown, tasks).1
+    }
+
+    async fn upgrade<S>(&self, stream: S) -> Option<(WsIncoming<S>, WsOutgoing<S>)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        super::ws::upgrade(stream, self.peer, self.settings, self.shutdown).await
+    }
+
+    async fn tls(
+        &self,
+        acceptor: &TlsAcceptor,
+        stream: TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        super::tls::handshake(acceptor, stream, self.peer, self.settings, self.shutdown).await
     }
 }

@@ -1,15 +1,13 @@
 //! SIP over TLS (RFC 3261 §26; SPEC W1): the certificate a `tls:` listener serves, and the
-//! handshake between the TCP listener's accept and the shared connection layer. Everything
+//! handshake between the TCP listener's accept and the shared connection layer (or, for `wss:`,
+//! the WebSocket upgrade). Everything
 //! after the handshake — framing, limits, keep-alives, the writer — is `connection.rs`'s.
 
-use super::Handler;
-use super::connection::{self, ConnectionSettings};
+use super::connection::ConnectionSettings;
 use crate::config::TlsFiles;
-use crate::sip::Transport;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
@@ -17,7 +15,6 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// The acceptor of every `tls:` listener, from PEM files; one readable line when they are not
 /// usable (missing, no certificate, a key that does not match).
@@ -71,24 +68,4 @@ pub async fn handshake(
             None
         }
     }
-}
-
-/// Serves a TLS stream through the connection layer, as TCP serves its own.
-pub fn start_connection<H: Handler>(
-    stream: TlsStream<TcpStream>,
-    peer: SocketAddr,
-    local: SocketAddr,
-    handler: Arc<H>,
-    settings: &ConnectionSettings,
-    shutdown: CancellationToken,
-    tasks: &TaskTracker,
-) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
-    connection::start(
-        tokio::io::split(stream),
-        connection::origin(Transport::Tls, peer, local),
-        handler,
-        settings,
-        shutdown,
-        tasks,
-    )
 }

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod scscf;
 pub mod sip;
 pub mod tls;
+pub mod ws;
 
 use registrar::store::{Backend, ConnectOptions, Store};
 use std::sync::atomic::{AtomicU32, Ordering};

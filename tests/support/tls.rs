@@ -26,6 +26,26 @@ pub fn key() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls/key.pem")
 }
 
+/// A TLS connection to `addr`, handshake done, trusting the test CA.
+pub async fn connect(addr: std::net::SocketAddr) -> TlsStream<TcpStream> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca()).unwrap())
+        .unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
 pub struct Tls {
     pub stream: TlsStream<TcpStream>,
     buf: Vec<u8>,
@@ -34,24 +54,8 @@ pub struct Tls {
 impl Tls {
     /// A TLS connection to the server's first `tls:` listener, handshake done.
     pub async fn to(server: &Running) -> Tls {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(ca()).unwrap())
-            .unwrap();
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = TcpStream::connect(server.tls[0]).await.unwrap();
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let stream = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
         Tls {
-            stream,
+            stream: connect(server.tls[0]).await,
             buf: Vec::new(),
         }
     }
