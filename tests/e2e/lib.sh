@@ -44,3 +44,8 @@ stop_pid() {
 pg_db_url() {
   python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p._replace(path="/" + sys.argv[2]).geturl())' "$1" "$2"
 }
+
+# A TCP port on 127.0.0.1 that is free now (same caveat as free_udp_port).
+free_tcp_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
