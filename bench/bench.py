@@ -586,6 +586,8 @@ def main():
     p.add_argument("--concurrency", type=int, default=8, help="Kamailio children, our pool, pgbench clients")
     p.add_argument("--tls-load", type=Path, help="bench/tls_load.rs built (the -tls rows' client)")
     p.add_argument("--tls-connections", type=int, default=32, help="TLS connections the -tls rows spread over")
+    p.add_argument("--cpu-rate", type=int, default=2000,
+                   help="rate of the CPU-per-REGISTER measurement (refresh; 0: none)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--scale", action="store_true", help="run the scale test (1,000,000 bindings, cleanup) instead")
     p.add_argument("--auth", action="store_true",
@@ -620,6 +622,7 @@ def main():
         if args.json:
             args.json.write_text(json.dumps(scale, indent=2))
         return
+    cpu = []
     try:
         pg_tps = pgbench(args, args.admin_url, work)
         for kind in args.registrars.split(","):
@@ -630,6 +633,8 @@ def main():
                     if server.tls and scenario not in ("new", "refresh"):
                         continue  # the TLS client sends REGISTER with a contact only
                     results.append(scenario_run(args, work, server, scenario))
+                if args.cpu_rate and kind != "sqlite":
+                    cpu.append(cpu_cost(args, work, server))
             finally:
                 server.stop()
         same_rate = same_rate_run(args, work, results)
@@ -640,9 +645,71 @@ def main():
     if same_rate:
         print()
         print(same_rate_table(same_rate))
+    if cpu:
+        print()
+        print(cpu_table(cpu))
     if args.json:
-        args.json.write_text(json.dumps({"pgbench_tps": pg_tps, "results": results, "same_rate": same_rate},
-                                        indent=2))
+        args.json.write_text(json.dumps({"pgbench_tps": pg_tps, "results": results, "same_rate": same_rate,
+                                         "cpu": cpu}, indent=2))
+
+
+def cpu_ticks(pids):
+    """utime + stime of `pids`, in clock ticks (processes gone meanwhile count nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def postgres_pids(admin_url):
+    """The cluster's postmaster and every process it started (backends, checkpointer, WAL writer)."""
+    data = psql(admin_url, "SHOW data_directory").strip()
+    postmaster = int(open(f"{data}/postmaster.pid").readline())
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                if int(stat[1]) == postmaster:
+                    pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
+def cpu_cost(args, work, server, scenario="refresh"):
+    """Server CPU and PostgreSQL CPU (all its processes) per REGISTER of `scenario` at
+    --cpu-rate, in µs, from /proc: a figure that does not depend on the machine's speed as much
+    as a rate does (issue 16)."""
+    rate = args.cpu_rate
+    calls = int(rate * args.seconds)
+    xml = scenario_xml(args, scenario)
+    users = prepare(args, work, server, scenario, calls, new_prefix="c")
+    server_pids = [server.proc.pid] + [int(p) for p in sh("pgrep", "-g", str(server.proc.pid)).split()]
+    pg_pids = postgres_pids(args.admin_url)
+    before = cpu_ticks(set(server_pids)), cpu_ticks(pg_pids)
+    ok, failed, _, _, _, _ = load(args, work, server, xml, users, rate, calls)
+    after = cpu_ticks(set(server_pids)), cpu_ticks(postgres_pids(args.admin_url))
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    row = {"registrar": server.kind, "scenario": scenario, "rate": rate, "ok": ok, "failed": failed,
+           "server_us": (after[0] - before[0]) * tick_us / max(ok, 1),
+           "postgres_us": (after[1] - before[1]) * tick_us / max(ok, 1)}
+    print(f"  {server.kind:9} {scenario:10} at {rate}/s: server {row['server_us']:.0f} µs, "
+          f"PostgreSQL {row['postgres_us']:.0f} µs per REGISTER ({ok} ok, {failed} failed)", flush=True)
+    return row
+
+
+def cpu_table(rows):
+    lines = ["| registrar | scenario | rate | server CPU µs / REGISTER | PostgreSQL CPU µs / REGISTER | both |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['registrar']} | {r['scenario']} | {r['rate']} | {r['server_us']:.0f} | "
+                     f"{r['postgres_us']:.0f} | {r['server_us'] + r['postgres_us']:.0f} |")
+    return "\n".join(lines)
 
 
 def same_rate_run(args, work, results):

@@ -133,7 +133,9 @@ fn take_response(buf: &mut Vec<u8>) -> Option<(u16, String)> {
     let header = |name: &str| {
         head.lines().find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     };
     let length: usize = header("Content-Length")
@@ -223,10 +225,7 @@ async fn connection(
     }
     reading.abort();
     let unanswered = pending.lock().unwrap().len() as u64;
-    let unsent = (index..options.count)
-        .step_by(options.connections)
-        .count()
-        - sent;
+    let unsent = (index..options.count).step_by(options.connections).count() - sent;
     outcome.lock().unwrap().failed += unanswered + unsent as u64;
     Ok(())
 }

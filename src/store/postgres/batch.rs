@@ -1,27 +1,25 @@
 //! The PostgreSQL side of coalescing (SPEC S2): a batch of REGISTERs for distinct AoRs in one
-//! transaction — BEGIN; one statement taking every AoR's advisory lock in ascending key order
-//! (so concurrent batches cannot deadlock); one read of all their rows with the database's
-//! `now`, taken after the locks; each REGISTER decided on its own AoR's rows; at most three
-//! multi-row writes (delete, update, insert); COMMIT. Five round trips for the usual batch,
-//! whatever its size; six when its REGISTERs authenticate (one read of their credentials).
+//! transaction — BEGIN and every AoR's advisory lock, in ascending key order (so concurrent
+//! batches cannot deadlock), in one simple query (`lock.rs`); one read of all their rows with
+//! the database's `now`, taken after the locks; each REGISTER decided on its own AoR's rows; at
+//! most three multi-row writes (delete, update, insert); COMMIT. Four round trips for the usual
+//! batch, whatever its size; five when its REGISTERs authenticate (one read of their
+//! credentials).
 //!
 //! Lock and read stay two statements: a PL/pgSQL function doing both saved a round trip but
 //! cost ~200 µs more PostgreSQL CPU per call (pgbench: 7,700 against 12,700 lock-and-read
 //! transactions/s on two cores), and under load CPU is what runs out first.
 
+use super::PgStore;
+use super::lock::aor_key;
 use super::rows::{BINDING_COLUMNS, BindingArrays, FieldArrays, binding};
 use super::subscriber::read_subscribers;
-use super::{AOR_LOCK_NAMESPACE, PgStore};
 use crate::store::binding::expired_conflicts;
 use crate::store::coalesce::{Batch, Job, Outcome};
 use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Reads, StoreError, Subscriber};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::sync::LazyLock;
-
-/// Locks every AoR of the batch; the keys sorted so that two batches lock in the same order.
-const LOCK_AORS: &str = "SELECT count(pg_advisory_xact_lock($1, key)) FROM \
-     (SELECT DISTINCT hashtext(aor) AS key FROM unnest($2::text[]) AS a(aor) ORDER BY key) AS keys";
 
 static READ_AORS: LazyLock<String> = LazyLock::new(|| {
     let cols = BINDING_COLUMNS
@@ -72,13 +70,8 @@ impl Batch for PgStore {
 }
 
 async fn run(store: &PgStore, jobs: &[Job]) -> Result<Vec<Applied<Outcome>>, StoreError> {
-    let mut tx = store.begin().await?;
-    let aors: Vec<String> = jobs.iter().map(|j| j.aor.to_string()).collect();
-    sqlx::query(LOCK_AORS)
-        .bind(AOR_LOCK_NAMESPACE)
-        .bind(&aors)
-        .execute(&mut *tx)
-        .await?;
+    let mut keys: Vec<i32> = jobs.iter().map(|j| aor_key(&j.aor)).collect();
+    let mut tx = store.begin_locked(&mut keys).await?;
     let aors: Vec<&Aor> = jobs.iter().map(|j| &j.aor).collect();
     let (now, mut rows) = read_aors(&mut tx, &aors).await?;
     let mut subscribers = subscribers_wanted(&mut tx, jobs).await?;

@@ -118,9 +118,9 @@ impl PgStore {
 }
 
 async fn lock_aor(conn: &mut PgConnection, aor: &Aor) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(AOR_LOCK_NAMESPACE)
-        .bind(aor.to_string())
+        .bind(super::lock::aor_key(aor))
         .execute(conn)
         .await?;
     Ok(())

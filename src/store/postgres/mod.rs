@@ -4,6 +4,7 @@
 
 mod batch;
 mod location;
+mod lock;
 mod pcscf;
 mod primary;
 mod rows;
@@ -17,7 +18,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// First key of every per-AoR advisory lock (`pg_advisory_xact_lock(NAMESPACE, hashtext(aor))`).
+/// First key of every per-AoR advisory lock (`pg_advisory_xact_lock(NAMESPACE, hashtext(aor))`,
+/// the second computed by `lock::aor_key`).
 /// The two-key form lives in a different lock space from the one-key migration lock, so the
 /// two can never collide.
 pub(crate) const AOR_LOCK_NAMESPACE: i32 = 0x5245_4731; // "REG1"
@@ -95,6 +97,11 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.pool_size.max(1))
             .min_connections(0)
+            // No ping before each acquire: it was a round trip on every batch's path. A session
+            // that died meanwhile fails its batch's first statement instead (answered like any
+            // transient failure, 500/503 with Retry-After), and sqlx's ping on release, which
+            // runs after the answer, closes it.
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             // F1: the pool never holds a read-only session (a standby, a demoted primary).
             // One query per new session, none per request.
@@ -155,6 +162,16 @@ impl PgStore {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         self.pool.begin().await.map_err(|e| self.acquire_error(e))
+    }
+
+    /// A transaction holding the advisory locks of `keys` (SPEC S2): `BEGIN` and the locks in
+    /// one round trip (`lock::begin_and_lock`).
+    pub(crate) async fn begin_locked(
+        &self,
+        keys: &mut Vec<i32>,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let statement = sqlx::AssertSqlSafe(lock::begin_and_lock(keys));
+        (self.pool.begin_with(statement).await).map_err(|e| self.acquire_error(e))
     }
 
     pub(crate) async fn acquire(
