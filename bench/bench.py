@@ -184,13 +184,17 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
 
+    def pids(self):
+        """The server's processes (Kamailio forks children in its process group)."""
+        if not self.proc:
+            return set()
+        return {self.proc.pid} | {int(p) for p in sh("pgrep", "-g", str(self.proc.pid)).split()}
+
     def memory_kib(self):
         """Proportional set size of the server's processes (Kamailio forks children that share
         memory; PSS counts each shared page once)."""
         total = 0
-        pids = [self.proc.pid] + [int(p) for p in sh("pgrep", "-g", str(self.proc.pid)).split() if int(p) != self.proc.pid] \
-            if self.proc else []
-        for pid in set(pids):
+        for pid in self.pids():
             try:
                 for line in open(f"/proc/{pid}/smaps_rollup"):
                     if line.startswith("Pss:"):
@@ -203,9 +207,7 @@ class Server:
         """VmHWM: the largest resident set the process has had since it started (for Kamailio,
         its largest process's)."""
         peak = 0
-        pids = [self.proc.pid] + [int(p) for p in sh("pgrep", "-g", str(self.proc.pid)).split()] \
-            if self.proc else []
-        for pid in set(pids):
+        for pid in self.pids():
             try:
                 for line in open(f"/proc/{pid}/status"):
                     if line.startswith("VmHWM:"):
@@ -689,11 +691,11 @@ def cpu_cost(args, work, server, scenario="refresh"):
     calls = int(rate * args.seconds)
     xml = scenario_xml(args, scenario)
     users = prepare(args, work, server, scenario, calls, new_prefix="c")
-    server_pids = [server.proc.pid] + [int(p) for p in sh("pgrep", "-g", str(server.proc.pid)).split()]
+    server_pids = server.pids()
     pg_pids = postgres_pids(args.admin_url)
-    before = cpu_ticks(set(server_pids)), cpu_ticks(pg_pids)
+    before = cpu_ticks(server_pids), cpu_ticks(pg_pids)
     ok, failed, _, _, _, _ = load(args, work, server, xml, users, rate, calls)
-    after = cpu_ticks(set(server_pids)), cpu_ticks(postgres_pids(args.admin_url))
+    after = cpu_ticks(server_pids), cpu_ticks(postgres_pids(args.admin_url))
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     row = {"registrar": server.kind, "scenario": scenario, "rate": rate, "ok": ok, "failed": failed,
            "server_us": (after[0] - before[0]) * tick_us / max(ok, 1),

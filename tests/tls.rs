@@ -20,22 +20,8 @@ fn over_tls(user: &str, ip: &str) -> RegisterMsg {
 
 /// A server with a `tls:` listener (and TCP, to see that it keeps serving) on `db`.
 async fn serve_tls(db: &TestDb, flags: Overrides) -> Running {
-    let flags = Overrides {
-        listen: vec![
-            "tls:127.0.0.1:0".into(),
-            "tcp:127.0.0.1:0".into(),
-            "udp:127.0.0.1:0".into(),
-        ],
-        http_listen: Some("off".into()),
-        auth: Some(registrar::auth::AuthMode::Off),
-        tls_cert: Some(tls_support::cert()),
-        tls_key: Some(tls_support::key()),
-        ..flags
-    };
-    let settings = Settings::load(None, Some(db.url.clone()), flags).expect("settings");
-    server::start(&settings, db.second_store().await)
-        .await
-        .expect("server starts")
+    let listen = ["tls:127.0.0.1:0", "tcp:127.0.0.1:0", "udp:127.0.0.1:0"];
+    tls_support::serve(db, &listen, flags).await
 }
 
 // W1: a REGISTER over TLS is answered on its connection; the contact is stored as sent

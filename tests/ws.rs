@@ -5,7 +5,7 @@
 mod support;
 
 use registrar::config::{Overrides, Settings};
-use registrar::server::{self, Running};
+use registrar::server::Running;
 use std::time::Duration;
 use support::TestDb;
 use support::sip::Udp;
@@ -36,22 +36,8 @@ fn browser_register(user: &str, via: &str, cseq: u32) -> String {
 
 /// A server with `ws:` and `wss:` listeners (and UDP, to see that it keeps serving) on `db`.
 async fn serve_ws(db: &TestDb, flags: Overrides) -> Running {
-    let flags = Overrides {
-        listen: vec![
-            "ws:127.0.0.1:0".into(),
-            "wss:127.0.0.1:0".into(),
-            "udp:127.0.0.1:0".into(),
-        ],
-        http_listen: Some("off".into()),
-        auth: Some(registrar::auth::AuthMode::Off),
-        tls_cert: Some(tls_support::cert()),
-        tls_key: Some(tls_support::key()),
-        ..flags
-    };
-    let settings = Settings::load(None, Some(db.url.clone()), flags).expect("settings");
-    server::start(&settings, db.second_store().await)
-        .await
-        .expect("server starts")
+    let listen = ["ws:127.0.0.1:0", "wss:127.0.0.1:0", "udp:127.0.0.1:0"];
+    tls_support::serve(db, &listen, flags).await
 }
 
 /// W2: the browser's REGISTER is answered with one text message echoing its quoted instance

@@ -23,13 +23,7 @@ me=baresip-tls
 need baresip baresip-core
 need sqlite3 sqlite3
 
-if [ -n "${REGISTRAR_BIN:-}" ]; then
-  bin="$REGISTRAR_BIN"
-else
-  cargo build --release --locked --quiet
-  bin="$root/target/release/registrar"
-fi
-[ -x "$bin" ] || { echo "$me: FAILED: no binary at $bin" >&2; exit 1; }
+registrar_binary
 
 work="$(mktemp -d /tmp/registrar-e2e-baresip.XXXXXX)"
 server_pid=""
@@ -61,12 +55,7 @@ tls_port="$(free_tcp_port)"
   --listen "tls:127.0.0.1:$tls_port" --tls-cert "$root/tests/data/tls/cert.pem" \
   --tls-key "$root/tests/data/tls/key.pem" --http-listen off > "$work/serve.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 100); do
-  grep -qs listening "$work/serve.log" && break
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.1
-done
-grep -qs listening "$work/serve.log" || fail "server did not start"
+wait_listening "$work/serve.log" "$server_pid" || fail "server did not start"
 
 mkdir -p "$work/baresip"
 cat > "$work/baresip/config" <<CONF

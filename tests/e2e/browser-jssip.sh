@@ -27,13 +27,7 @@ need npm npm
 need sqlite3 sqlite3
 need openssl openssl
 
-if [ -n "${REGISTRAR_BIN:-}" ]; then
-  bin="$REGISTRAR_BIN"
-else
-  cargo build --release --locked --quiet
-  bin="$root/target/release/registrar"
-fi
-[ -x "$bin" ] || { echo "$me: FAILED: no binary at $bin" >&2; exit 1; }
+registrar_binary
 artifacts="${ARTIFACTS:-$root/target/e2e-artifacts}"
 mkdir -p "$artifacts"
 artifacts="$(realpath "$artifacts")"
@@ -72,12 +66,7 @@ key="$root/tests/data/tls/key.pem"
   --listen "ws:127.0.0.1:$ws_port" --listen "wss:127.0.0.1:$wss_port" \
   --tls-cert "$cert" --tls-key "$key" --http-listen off > "$work/serve.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 100); do
-  grep -qs listening "$work/serve.log" && break
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q listening "$work/serve.log" || fail "server did not start"
+wait_listening "$work/serve.log" "$server_pid" || fail "server did not start"
 
 # Chromium trusts the test certificate by the SHA-256 of its public key, nothing wider.
 spki="$(openssl x509 -in "$cert" -pubkey -noout | openssl pkey -pubin -outform der \

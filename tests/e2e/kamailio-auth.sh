@@ -40,13 +40,7 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
   exit 0
 fi
 
-if [ -n "${REGISTRAR_BIN:-}" ]; then
-  bin="$REGISTRAR_BIN"
-else
-  cargo build --release --locked --quiet
-  bin="$root/target/release/registrar"
-fi
-[ -x "$bin" ] || { echo "$me: FAILED: no binary at $bin" >&2; exit 1; }
+registrar_binary
 
 work="$(mktemp -d /tmp/registrar-e2e-kamailio.XXXXXX)"
 kam_pid=""

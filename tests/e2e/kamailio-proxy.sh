@@ -55,13 +55,7 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
   exit 0
 fi
 
-if [ -n "${REGISTRAR_BIN:-}" ]; then
-  bin="$REGISTRAR_BIN"
-else
-  cargo build --release --locked --quiet
-  bin="$root/target/release/registrar"
-fi
-[ -x "$bin" ] || { echo "$me: FAILED: no binary at $bin" >&2; exit 1; }
+registrar_binary
 
 work="$(mktemp -d /tmp/registrar-e2e-kamailio-proxy.XXXXXX)"
 reg_pid=""
@@ -141,12 +135,8 @@ reg_port="$(free_port)"
 "$bin" --database-url "$url" serve --auth off \
   --listen "udp:127.0.0.1:$reg_port" --listen "tcp:127.0.0.1:$reg_port" > "$work/registrar.log" 2>&1 &
 reg_pid=$!
-for _ in $(seq 1 100); do
-  grep -q listening "$work/registrar.log" && break
-  kill -0 "$reg_pid" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q listening "$work/registrar.log" || fail "registrar serve did not start on udp/tcp 127.0.0.1:$reg_port"
+wait_listening "$work/registrar.log" "$reg_pid" \
+  || fail "registrar serve did not start on udp/tcp 127.0.0.1:$reg_port"
 
 # --- Kamailio proxy on the same database ----------------------------------------------------
 kam_port="$(free_port)"

@@ -49,3 +49,27 @@ pg_db_url() {
 free_tcp_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# registrar_binary: sets `bin` to the binary under test: REGISTRAR_BIN (made absolute before the
+# script's cd), else a release build of this checkout. Expects `root` to be set.
+registrar_binary() {
+  if [ -n "${REGISTRAR_BIN:-}" ]; then
+    bin="$REGISTRAR_BIN"
+  else
+    cargo build --release --locked --quiet
+    bin="$root/target/release/registrar"
+  fi
+  [ -x "$bin" ] || { echo "$me: FAILED: no binary at $bin" >&2; exit 1; }
+}
+
+# wait_listening LOG PID: waits (10 s at most) until `serve` has logged that it is listening;
+# fails at once if PID ends first.
+wait_listening() {
+  local log="$1" pid="$2" _
+  for _ in $(seq 1 100); do
+    grep -qs listening "$log" && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  grep -qs listening "$log"
+}

@@ -30,13 +30,7 @@ need sqlite3 sqlite3
 need python3 python3
 [ -n "${TEST_DATABASE_URL:-}" ] && need psql postgresql-client
 
-if [ -n "${REGISTRAR_BIN:-}" ]; then
-  bin="$REGISTRAR_BIN"
-else
-  cargo build --release --locked --quiet
-  bin="$root/target/release/registrar"
-fi
-[ -x "$bin" ] || { echo "$me: FAILED: no binary at $bin" >&2; exit 1; }
+registrar_binary
 
 work="$(mktemp -d /tmp/registrar-e2e-auth.XXXXXX)"
 server_pid=""
@@ -125,12 +119,7 @@ run_backend() {
   # No --auth flag: authentication is on by default (A1); the first 401 of each call shows it.
   "$bin" --database-url "$url" serve --listen "udp:127.0.0.1:$port" > "$work/$name.log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 1 100); do
-    grep -q listening "$work/$name.log" && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  grep -q listening "$work/$name.log" || fail "$name" "server did not start"
+  wait_listening "$work/$name.log" "$server_pid" || fail "$name" "server did not start"
 
   # sipsak, right password: registers (exit 0: a 200 was received).
   local cport=$((port == 65535 ? port - 1 : port + 1))

@@ -37,11 +37,8 @@ run_backend() {
   local port; port="$(free_port)"
   "$bin" --database-url "$url" serve --auth off --listen "udp:127.0.0.1:$port" > "$work/$name.log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 1 100); do
-    grep -q listening "$work/$name.log" && break
-    sleep 0.1
-  done
-  grep -q listening "$work/$name.log" || { cat "$work/$name.log"; echo "$name: server did not start"; exit 1; }
+  wait_listening "$work/$name.log" "$server_pid" \
+    || { cat "$work/$name.log"; echo "$name: server did not start"; exit 1; }
   local status=0
   ( cd "$work" && sipp -sf "$OLDPWD/$here/register.xml" -inf users.csv "127.0.0.1:$port" \
       -i 127.0.0.1 -p 0 -m "$users" -r 200 -l 100 -timeout 120s -nostdin -trace_stat -stf "$name.csv" \

@@ -1,8 +1,10 @@
 //! A SIP-over-TLS client for tests (SPEC W1), trusting the throwaway test CA in
 //! `tests/data/tls/` that signed the server's certificate (127.0.0.1, localhost).
 
+use super::TestDb;
 use super::sip::Reply;
-use registrar::server::Running;
+use registrar::config::{Overrides, Settings};
+use registrar::server::{self, Running};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,23 @@ pub fn ca() -> PathBuf {
 
 pub fn key() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls/key.pem")
+}
+
+/// A server on `db` with `listen` and the test certificate for its `tls:`/`wss:` listeners,
+/// authentication and the HTTP listener off unless `flags` say otherwise.
+pub async fn serve(db: &TestDb, listen: &[&str], flags: Overrides) -> Running {
+    let flags = Overrides {
+        listen: listen.iter().map(|l| l.to_string()).collect(),
+        http_listen: flags.http_listen.or(Some("off".into())),
+        auth: flags.auth.or(Some(registrar::auth::AuthMode::Off)),
+        tls_cert: Some(cert()),
+        tls_key: Some(key()),
+        ..flags
+    };
+    let settings = Settings::load(None, Some(db.url.clone()), flags).expect("settings");
+    server::start(&settings, db.second_store().await)
+        .await
+        .expect("server starts")
 }
 
 /// A TLS connection to `addr`, handshake done, trusting the test CA.
