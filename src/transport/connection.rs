@@ -374,3 +374,35 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Outgoing for ByteSink<W> {
         let _ = self.0.shutdown().await;
     }
 }
+
+/// A handshake between accept and the connection layer (TLS, the WebSocket upgrade). It counts
+/// as a message (SPEC W3): one not done within the message timeout closes the connection, as
+/// does one that fails; either is counted as dropped input under `reason`. `None` then, or on
+/// shutdown.
+pub async fn handshake<T, E: std::fmt::Display>(
+    what: &'static str,
+    reason: &'static str,
+    peer: SocketAddr,
+    settings: &ConnectionSettings,
+    shutdown: &CancellationToken,
+    running: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let bounded = tokio::time::timeout(settings.limits.message_timeout, running);
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        outcome = bounded => outcome,
+    };
+    match outcome {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            settings.stats.drop_input(reason);
+            tracing::debug!(%peer, error = %e, "{what} failed; connection closed");
+            None
+        }
+        Err(_) => {
+            settings.stats.drop_input(reason);
+            tracing::debug!(%peer, "{what} not done within the message timeout; connection closed");
+            None
+        }
+    }
+}

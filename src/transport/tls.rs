@@ -3,7 +3,7 @@
 //! the WebSocket upgrade). Everything
 //! after the handshake — framing, limits, keep-alives, the writer — is `connection.rs`'s.
 
-use super::connection::ConnectionSettings;
+use super::connection::{self, ConnectionSettings};
 use crate::config::TlsFiles;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,22 +50,14 @@ pub async fn handshake(
     shutdown: &CancellationToken,
 ) -> Option<TlsStream<TcpStream>> {
     let _ = stream.set_nodelay(true);
-    let accepting = tokio::time::timeout(settings.limits.message_timeout, acceptor.accept(stream));
-    let outcome = tokio::select! {
-        _ = shutdown.cancelled() => return None,
-        outcome = accepting => outcome,
-    };
-    match outcome {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
-            settings.stats.drop_input("tls_handshake");
-            tracing::debug!(%peer, error = %e, "TLS handshake failed; connection closed");
-            None
-        }
-        Err(_) => {
-            settings.stats.drop_input("tls_handshake");
-            tracing::debug!(%peer, "TLS handshake not done within the message timeout; connection closed");
-            None
-        }
-    }
+    let accepting = acceptor.accept(stream);
+    connection::handshake(
+        "TLS handshake",
+        "tls_handshake",
+        peer,
+        settings,
+        shutdown,
+        accepting,
+    )
+    .await
 }

@@ -4,7 +4,7 @@
 //! is no Content-Length framing here; the connection layer's limits, writer and in-flight bound
 //! are the same as for TCP and TLS.
 
-use super::connection::{ConnectionSettings, Ended, Incoming, Outgoing};
+use super::connection::{self, ConnectionSettings, Ended, Incoming, Outgoing};
 use super::framing::Frame;
 use crate::config::TcpLimits;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -50,27 +50,17 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(settings.max_message_size))
         .max_frame_size(Some(settings.max_message_size));
-    let accepting = tokio::time::timeout(
-        settings.limits.message_timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(watched, offer_sip, Some(config)),
-    );
-    let outcome = tokio::select! {
-        _ = shutdown.cancelled() => return None,
-        outcome = accepting => outcome,
-    };
-    let socket = match outcome {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(e)) => {
-            settings.stats.drop_input("ws_upgrade");
-            tracing::debug!(%peer, error = %e, "WebSocket upgrade failed; connection closed");
-            return None;
-        }
-        Err(_) => {
-            settings.stats.drop_input("ws_upgrade");
-            tracing::debug!(%peer, "WebSocket upgrade not done within the message timeout; connection closed");
-            return None;
-        }
-    };
+    let upgrading =
+        tokio_tungstenite::accept_hdr_async_with_config(watched, offer_sip, Some(config));
+    let socket = connection::handshake(
+        "WebSocket upgrade",
+        "ws_upgrade",
+        peer,
+        settings,
+        shutdown,
+        upgrading,
+    )
+    .await?;
     progress.message_done();
     let (sink, stream) = socket.split();
     let incoming = WsIncoming {
