@@ -2,6 +2,8 @@
 //! implementation each, returning the JSON both print. Neither edge holds logic of its own:
 //! the CLI renders these values as text or JSON, the API sends them.
 
+use crate::regevent::RegEvents;
+use crate::regevent::change::{self, ContactEvent};
 use crate::sip::aor::{AorError, aor_uri};
 use crate::store::{
     Aor, Binding, Pcontact, Removal, Store, StoreError, Subscriber, split_uri_list,
@@ -49,9 +51,23 @@ pub async fn bindings(store: &Store, aor: &Aor) -> Result<Vec<Value>, AdminError
         .collect())
 }
 
-/// C3: removes every binding of an AoR, or the one named; how many live ones went.
-pub async fn remove_bindings(store: &Store, aor: &Aor, which: &Removal) -> Result<u64, AdminError> {
-    Ok(store.remove_bindings(aor, which).await?)
+/// C3: removes every binding of an AoR, or the one named; how many live ones went. With the
+/// server's reg-event service (the API), the AoR's subscribers hear of it, `deactivated`
+/// (SPEC E2); the CLI runs without one (see README).
+pub async fn remove_bindings(
+    store: &Store,
+    aor: &Aor,
+    which: &Removal,
+    events: Option<&RegEvents>,
+) -> Result<u64, AdminError> {
+    let removed = store.remove_bindings(aor, which).await?;
+    let count = removed.len() as u64;
+    if let Some(events) = events.filter(|_| count > 0) {
+        let after = store.live_bindings(aor).await?;
+        let changes = change::removals(removed, ContactEvent::Deactivated);
+        events.changed(aor, changes, after.bindings.len(), after.now);
+    }
+    Ok(count)
 }
 
 /// C4: every live binding, ordered by AoR.

@@ -156,7 +156,10 @@ pub struct Overrides {
     /// P-CSCF: seconds a new pcontact stays REG_PENDING, 0.1..=3600 [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub pending_expires: Option<f64>,
-    /// P-CSCF: RFC 3261 T1 in milliseconds, 1..=10000 [default: 500]
+    /// Registrar: seconds after a binding's expiry within which its `expired` NOTIFY goes out, 0.5..=60 [default: 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub expiry_notify_delay: Option<f64>,
+    /// RFC 3261 T1 in milliseconds (P-CSCF relay and PUBLISH, registrar NOTIFY), 1..=10000 [default: 500]
     #[arg(long = "t1-ms", value_name = "MS")]
     pub t1_ms: Option<u64>,
     /// P-CSCF: first pause in seconds before a failed PUBLISH is retried, doubling, 0.01..=3600 [default: 1]
@@ -198,6 +201,10 @@ pub struct Overrides {
     /// SQLite: `full` (a 200 OK survives a power cut) or `normal` (faster, may lose the last commits) [default: full]
     #[arg(long, value_enum)]
     pub sqlite_synchronous: Option<crate::store::Synchronous>,
+    /// Registrar: a network whose reg-event PUBLISHes are accepted without a Path match, e.g. 10.0.0.0/8 (repeatable)
+    #[arg(long = "trusted-publisher", value_name = "CIDR")]
+    #[serde(default)]
+    pub trusted_publisher: Vec<String>,
     /// P-CSCF: a network NOTIFYs are accepted from besides the S-CSCF, e.g. 10.0.0.0/8 (repeatable)
     #[arg(long = "notify-from", value_name = "CIDR")]
     #[serde(default)]
@@ -270,6 +277,10 @@ pub struct Settings {
     pub sqlite_synchronous: crate::store::Synchronous,
     pub retry_after: u32,
     pub retrans_cache_bytes: usize,
+    /// SPEC E2: an expired binding's NOTIFY goes out within this of its expiry.
+    pub expiry_notify_delay: Duration,
+    /// SPEC E3: networks whose PUBLISHes need no Path match.
+    pub trusted_publishers: Vec<Cidr>,
     pub pcscf: PcscfSettings,
     pub auth: AuthSettings,
 }
@@ -567,6 +578,18 @@ impl Settings {
                 0,
                 1 << 30,
             )?,
+            expiry_notify_delay: seconds(
+                o.expiry_notify_delay,
+                5.0,
+                "expiry-notify-delay",
+                0.5,
+                60.0,
+            )?,
+            trusted_publishers: o
+                .trusted_publisher
+                .iter()
+                .map(|c| c.parse::<Cidr>().map_err(ConfigError::Invalid))
+                .collect::<Result<Vec<_>, _>>()?,
             pcscf,
             auth,
         })
@@ -673,6 +696,7 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
                 listen: if flags.listen.is_empty() { file.listen } else { flags.listen },
                 domains: if flags.domains.is_empty() { file.domains } else { flags.domains },
                 notify_from: if flags.notify_from.is_empty() { file.notify_from } else { flags.notify_from },
+                trusted_publisher: if flags.trusted_publisher.is_empty() { file.trusted_publisher } else { flags.trusted_publisher },
                 $($field: flags.$field.or(file.$field),)*
             }
         };
@@ -714,6 +738,7 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         audit_interval,
         audit_grace,
         pending_expires,
+        expiry_notify_delay,
         t1_ms,
         publish_backoff,
         publish_max_attempts,

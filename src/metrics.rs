@@ -58,6 +58,7 @@ pub struct Metrics {
     pub pcscf_publish: Family<ResultLabel, Counter>,
     pub pcscf_pcontacts: Family<StateLabel, Gauge>,
     pub regevent_notify: Family<ResultLabel, Counter>,
+    pub regevent_sent: Family<ResultLabel, Counter>,
     pub tcp_connections: Gauge,
     pub dropped: Family<ReasonLabel, Counter>,
     resident_memory: Gauge<f64, AtomicU64>,
@@ -112,6 +113,7 @@ impl Metrics {
             pcscf_publish: Family::default(),
             pcscf_pcontacts: Family::default(),
             regevent_notify: Family::default(),
+            regevent_sent: Family::default(),
             tcp_connections: Gauge::default(),
             dropped: Family::default(),
             resident_memory: Gauge::default(),
@@ -187,6 +189,11 @@ impl Metrics {
             "regevent_notify",
             "reg-event NOTIFYs received, by result (applied, forbidden, malformed, failed)",
             self.regevent_notify.clone(),
+        );
+        r.register(
+            "regevent_sent",
+            "reg-event NOTIFYs the registrar sent, by result (ok, refused, ended, dropped)",
+            self.regevent_sent.clone(),
         );
         r.register(
             "transport_tcp_connections",

@@ -6,6 +6,7 @@ use crate::config::{ListenAddr, PcscfSettings, Role, Settings};
 use crate::pcscf::relay::Identity;
 use crate::pcscf::role::transport_of;
 use crate::pcscf::{Pcscf, PcscfConfig};
+use crate::regevent::{RegEventConfig, RegEvents};
 use crate::registrar::{Registrar, RegistrarConfig};
 use crate::sip::outbound::{Destination, Outbound};
 use crate::sip::request::{Invalid, Rejection, Request};
@@ -144,14 +145,23 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         shutdown.clone(),
         tasks.clone(),
     ));
-    let first_listen = udp.first().or(tcp.first()).copied();
+    let mut listening: Vec<(Transport, SocketAddr)> =
+        udp.iter().map(|a| (Transport::Udp, *a)).collect();
+    for (transport, addrs) in [
+        (Transport::Tcp, &tcp),
+        (Transport::Tls, &tls),
+        (Transport::Ws, &ws),
+        (Transport::Wss, &wss),
+    ] {
+        listening.extend(addrs.iter().map(|a| (transport, *a)));
+    }
     let handler = Arc::new(
         roles(
             settings,
             store.clone(),
             Arc::clone(&stats),
             Arc::clone(&sender) as Arc<dyn Outbound>,
-            first_listen,
+            &listening,
             shutdown.clone(),
         )
         .await?,
@@ -192,7 +202,8 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     }
     let pcscf = match &handler.role {
-        Active::Registrar(_) => {
+        Active::Registrar(registrar) => {
+            tasks.spawn(crate::regevent::expiry::run(Arc::clone(registrar.events())));
             tasks.spawn(cleanup(
                 store.clone(),
                 settings.cleanup_interval,
@@ -214,6 +225,10 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
                     store: store.clone(),
                     case_sensitive: settings.case_sensitive,
                     token: settings.http_token.clone(),
+                    events: match &handler.role {
+                        Active::Registrar(r) => Some(Arc::clone(r.events())),
+                        Active::Pcscf(_) => None,
+                    },
                 },
                 settings.role == Role::Pcscf,
                 shutdown.clone(),
@@ -244,16 +259,22 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
     })
 }
 
-/// The role `settings` asks for, behind the common request checks. `first_listen` is the
-/// address the P-CSCF names itself by when `--pcscf-uri` is not given.
+/// The role `settings` asks for, behind the common request checks. `listening` are the bound
+/// listeners: the first (UDP first) is the address the P-CSCF names itself by when
+/// `--pcscf-uri` is not given; the registrar's NOTIFYs carry them in Via and Contact. A
+/// registrar's reg-event worker is spawned here and stops with `shutdown`.
 pub async fn roles(
     settings: &Settings,
     store: Store,
     stats: Arc<Stats>,
     outbound: Arc<dyn Outbound>,
-    first_listen: Option<SocketAddr>,
+    listening: &[(Transport, SocketAddr)],
     shutdown: CancellationToken,
 ) -> Result<Roles, ServerError> {
+    let first_listen = (listening.iter())
+        .find(|(t, _)| *t == Transport::Udp)
+        .or(listening.iter().find(|(t, _)| *t == Transport::Tcp))
+        .map(|(_, a)| *a);
     let role = match settings.role {
         Role::Registrar => {
             if let Some(domains) = settings.auth.off_description() {
@@ -269,6 +290,17 @@ pub async fn roles(
                      accept them (--auth-secret-file shares one)"
                 );
             }
+            let (events, worker) = RegEvents::new(
+                store.clone(),
+                outbound,
+                RegEventConfig {
+                    t1: settings.pcscf.t1,
+                    expiry_notify_delay: settings.expiry_notify_delay,
+                    listen: listening.to_vec(),
+                },
+                shutdown,
+            );
+            tokio::spawn(worker);
             Active::Registrar(Box::new(Registrar::new(
                 store,
                 RegistrarConfig {
@@ -282,7 +314,9 @@ pub async fn roles(
                     auth: settings.auth.clone(),
                     flow_timer: (settings.tcp.idle_timeout.as_secs() / 2).clamp(1, u32::MAX.into())
                         as u32,
+                    trusted_publishers: settings.trusted_publishers.clone(),
                 },
+                events,
             )))
         }
         Role::Pcscf => {
@@ -436,9 +470,14 @@ impl Roles {
 impl Handler for Roles {
     async fn handle(&self, message: Message, origin: Origin) -> Option<Response> {
         if !message.is_request() {
-            // Only the P-CSCF sends requests, so only it has responses to take.
-            if let Active::Pcscf(pcscf) = &self.role {
-                pcscf.on_response(message);
+            // Responses to our own requests: the P-CSCF's relays and PUBLISHes, the
+            // registrar's NOTIFYs.
+            let taken = match &self.role {
+                Active::Pcscf(pcscf) => pcscf.on_response(message),
+                Active::Registrar(registrar) => registrar.events().on_response(message),
+            };
+            if !taken {
+                tracing::debug!("response for no pending transaction dropped");
             }
             return None;
         }

@@ -37,26 +37,22 @@ fn assert_one_line_failure(o: &Output, mentions: &str) {
 }
 
 both_backends!(c5_migrate_applies_then_reports_up_to_date, |db| {
-    let drop = match db.backend() {
-        Backend::Postgres => {
-            "DROP TABLE location, pcscf_location, subscriber, refinery_schema_history, version"
-        }
-        Backend::Sqlite => {
-            "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE subscriber; \
-             DROP TABLE refinery_schema_history"
-        }
-    };
-    db.exec(drop).await;
+    db.drop_schema().await;
     let first = registrar(&db.url, &["migrate"]);
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(
-        stdout(&first).contains("applied V1__location, V2__pcscf_location, V3__subscriber"),
+        stdout(&first).contains(
+            "applied V1__location, V2__pcscf_location, V3__subscriber, V4__reg_subscription"
+        ),
         "{}",
         stdout(&first)
     );
     let second = registrar(&db.url, &["migrate"]);
     assert!(
-        stdout(&second).contains("schema up to date at version 3"),
+        stdout(&second).contains(&format!(
+            "schema up to date at version {}",
+            support::schema_version()
+        )),
         "{}",
         stdout(&second)
     );

@@ -421,16 +421,7 @@ async fn has_table(db: &TestDb, table: &str) -> bool {
 
 // C1/S3: `serve --no-migrate` leaves an empty database as it is; `serve` migrates it.
 both_backends!(c1_no_migrate_leaves_the_schema_alone, |db| {
-    let tables = match db.backend() {
-        Backend::Postgres => {
-            "DROP TABLE location, pcscf_location, subscriber, refinery_schema_history, version"
-        }
-        Backend::Sqlite => {
-            "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE subscriber; \
-             DROP TABLE refinery_schema_history"
-        }
-    };
-    db.exec(tables).await;
+    db.drop_schema().await;
     let serve = Serve::spawn(&db.url, &["--no-migrate"]);
     assert!(serve.answers_within(Duration::from_secs(15)).await);
     assert!(

@@ -88,7 +88,7 @@ fn rig(backend: Db, auth: AuthMode) -> Option<&'static Rig> {
                 db.store.clone(),
                 Arc::new(Stats::default()),
                 Arc::new(Nowhere),
-                None,
+                &[],
                 tokio_util::sync::CancellationToken::new(),
             ))
             .unwrap();

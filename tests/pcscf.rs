@@ -4,8 +4,8 @@
 mod support;
 
 use registrar::config::{Overrides, Role};
-use registrar::pcscf::reginfo::{self, ContactState};
 use registrar::server::Running;
+use registrar::sip::reginfo::{self, ContactState};
 use registrar::sip::wire::Message;
 use registrar::store::{ContactAddress, RegState};
 use std::time::Duration;

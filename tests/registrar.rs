@@ -437,13 +437,19 @@ both_backends!(r11_options_405_501_and_responses, |db| {
     let ua = Udp::to(&server).await;
     let reply = ua.ask(&request("OPTIONS", "sip:example.com")).await;
     assert_eq!(reply.code, 200);
-    assert_eq!(reply.header("Allow"), Some("REGISTER, OPTIONS"));
+    assert_eq!(
+        reply.header("Allow"),
+        Some("REGISTER, OPTIONS, SUBSCRIBE, PUBLISH")
+    );
     let reply = ua.ask(&request("INVITE", "sip:bob@example.com")).await;
     assert_eq!(
         (reply.code, reply.reason.as_str()),
         (405, "Method Not Allowed")
     );
-    assert_eq!(reply.header("Allow"), Some("REGISTER, OPTIONS"));
+    assert_eq!(
+        reply.header("Allow"),
+        Some("REGISTER, OPTIONS, SUBSCRIBE, PUBLISH")
+    );
     let reply = ua.ask(&request("FOO", "sip:bob@example.com")).await;
     assert_eq!(
         (reply.code, reply.reason.as_str()),

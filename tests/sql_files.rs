@@ -33,6 +33,26 @@ async fn column_of(db: &support::TestDb, file: &str, column: &str) -> Vec<String
     }
 }
 
+both_backends!(e1_subscription_query_runs_as_shipped, |db| {
+    let (soon, past) = (db.in_seconds(300), db.in_seconds(-5));
+    db.exec(&format!(
+        "INSERT INTO reg_subscription (username, domain, call_id, from_tag, to_tag, local_uri, \
+         remote_uri, remote_target, send_to, local_cseq, remote_cseq, version, expires, \
+         notified_until, created) VALUES ('alice', 'example.com', 'c1', 'f', 't', \
+         'sip:alice@example.com', 'sip:pcscf@example.net', 'sip:pcscf@192.0.2.9', \
+         'udp:192.0.2.9:5060', 3, 1, 2, {soon}, {past}, {past})"
+    ))
+    .await;
+    assert_eq!(
+        column_of(db, "reg-subscriptions.sql", "aor").await,
+        ["alice@example.com"]
+    );
+    assert_eq!(
+        column_of(db, "reg-subscriptions.sql", "send_to").await,
+        ["udp:192.0.2.9:5060"]
+    );
+});
+
 both_backends!(s5_operator_queries_run_as_shipped, |db| {
     let (soon, past, long_past) = (db.in_seconds(300), db.in_seconds(-5), db.in_seconds(-600));
     db.exec(&format!(

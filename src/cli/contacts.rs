@@ -76,7 +76,8 @@ pub async fn run(cmd: ContactsCommand, settings: &Settings) -> Result<(), CliErr
                 (None, None) => Removal::All,
             };
             let store = connect_briefly(settings).await?;
-            let removed = admin::remove_bindings(&store, &aor, &which).await?;
+            // No SIP socket in this process: the removal is not NOTIFYed (README).
+            let removed = admin::remove_bindings(&store, &aor, &which, None).await?;
             println!("removed {removed} binding(s)");
         }
         ContactsCommand::Add {

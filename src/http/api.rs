@@ -18,6 +18,8 @@ pub struct Api {
     pub case_sensitive: bool,
     /// `--http-token-file`'s content.
     pub token: Option<String>,
+    /// The registrar's reg-event service: removals are NOTIFYed (SPEC E2).
+    pub events: Option<Arc<crate::regevent::RegEvents>>,
 }
 
 pub fn routes(api: Arc<Api>) -> Router {
@@ -113,7 +115,7 @@ async fn remove_bindings(
         (None, Some(r)) => Removal::Ruid(r),
         (None, None) => Removal::All,
     };
-    let removed = admin::remove_bindings(&api.store, &aor, &which).await?;
+    let removed = admin::remove_bindings(&api.store, &aor, &which, api.events.as_deref()).await?;
     Ok(Json(json!({ "removed": removed })))
 }
 

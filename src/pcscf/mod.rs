@@ -1,15 +1,13 @@
 //! The P-CSCF role (SPEC P): Kamailio's `ims_registrar_pcscf` + `ims_usrloc_pcscf` in DB_ONLY.
-//! `decide` is pure (P1, P3); `role` wires it to the store and the relay; `relay` and
-//! `transaction` carry REGISTERs to the S-CSCF; `publish`, `audit`, `notify` and `reginfo`
-//! handle the expiry side of the registration race.
+//! `decide` is pure (P1, P3); `role` wires it to the store and the relay; `relay` (with the
+//! shared `crate::transaction`) carries REGISTERs to the S-CSCF; `publish`, `audit` and
+//! `notify` handle the expiry side of the registration race.
 
 pub mod audit;
 pub mod decide;
 pub mod notify;
 pub mod publish;
-pub mod reginfo;
 pub mod relay;
 pub mod role;
-pub mod transaction;
 
 pub use role::{Pcscf, PcscfConfig};

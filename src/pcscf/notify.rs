@@ -3,9 +3,9 @@
 //! whole before anything changes, so a malformed one changes nothing.
 
 use super::decide::address_of;
-use super::reginfo::{self, ContactState};
 use super::role::Pcscf;
 use crate::sip::Origin;
+use crate::sip::reginfo::{self, ContactState};
 use crate::sip::request::Request;
 use crate::sip::response::Response;
 use crate::sip::uri::Uri;
@@ -35,10 +35,8 @@ async fn apply(pcscf: &Pcscf, request: &Request, origin: &Origin) -> Response {
         tracing::warn!(peer = %origin.peer, "NOTIFY from an address that is not the S-CSCF; refused");
         return Response::to(msg, 403, "Forbidden");
     }
-    let event = msg.header("Event").unwrap_or("");
-    let package = event.split(';').next().unwrap_or("").trim();
-    if !package.eq_ignore_ascii_case("reg") {
-        return Response::to(msg, 489, "Bad Event").header("Allow-Events", "reg");
+    if let Some(bad_event) = reginfo::not_reg_event(msg) {
+        return bad_event;
     }
     let Ok(body) = std::str::from_utf8(&msg.body) else {
         return Response::to(msg, 400, "Malformed reginfo body");

@@ -5,11 +5,12 @@
 //! (deliberate: Kamailio keeps refusing the UE until a NOTIFY arrives).
 
 use super::decide::publishable_ids;
-use super::reginfo;
 use super::role::Pcscf;
-use super::transaction::{Outcome, new_branch};
+use crate::lease::Held;
+use crate::sip::reginfo;
 use crate::sip::wire::StartLine;
 use crate::store::{Pcontact, PublishProgress, join_uri_list, split_uri_list};
+use crate::transaction::{Outcome, new_branch};
 use chrono::{TimeDelta, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,7 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
     let mut cseq = 1u32;
     // The claim as this instance last saw it renewed, by its own clock (SPEC H5): the audit
     // claimed it with `lease` just now.
-    let mut held_until = tokio::time::Instant::now() + lease;
+    let mut held = Held::since(tokio::time::Instant::now(), lease);
     for impu in publishable_ids(&pcontact) {
         if done.contains(&impu) {
             continue;
@@ -46,7 +47,7 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
                 attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
                 next_publish_at: None,
             };
-            if !still_ours(&pcscf, &pcontact, lease, &progress, &mut held_until).await {
+            if !still_ours(&pcscf, &pcontact, lease, &progress, &mut held).await {
                 return;
             }
             let result = send(&pcscf, &impu, &pcontact.aor, &call_id, cseq).await;
@@ -74,7 +75,7 @@ pub async fn publish_expiry(pcscf: Arc<Pcscf>, pcontact: Pcontact) {
                 attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
                 next_publish_at: Some(Utc::now() + TimeDelta::from_std(pause).unwrap_or_default()),
             };
-            if !still_ours(&pcscf, &pcontact, lease + pause, &progress, &mut held_until).await {
+            if !still_ours(&pcscf, &pcontact, lease + pause, &progress, &mut held).await {
                 return;
             }
             tokio::select! {
@@ -109,7 +110,7 @@ async fn still_ours(
     pcontact: &Pcontact,
     lease: Duration,
     progress: &PublishProgress,
-    held_until: &mut tokio::time::Instant,
+    held: &mut Held,
 ) -> bool {
     let asked = tokio::time::Instant::now();
     match pcscf
@@ -118,7 +119,7 @@ async fn still_ours(
         .await
     {
         Ok(true) => {
-            *held_until = asked + lease;
+            *held = Held::since(asked, lease);
             true
         }
         Ok(false) => {
@@ -129,8 +130,7 @@ async fn still_ours(
             // SPEC H5: the PUBLISH matters more than the bookkeeping, so keep going while the
             // claim we last renewed still covers one more transaction by our own clock;
             // past that another instance may have taken the work over, so stop.
-            let transaction = pcscf.config.t1 * 64;
-            let covered = tokio::time::Instant::now() + transaction < *held_until;
+            let covered = held.covers(pcscf.config.t1 * 64);
             tracing::warn!(error = %e, continuing = covered, "could not renew the PUBLISH claim");
             covered
         }

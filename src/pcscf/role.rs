@@ -4,7 +4,6 @@
 
 use super::decide::{Accepted, Admission, address_of, admit, after_final};
 use super::relay::{Identity, RelayError, relayed_register, without_top_via};
-use super::transaction::{Outcome, Transactions, new_branch};
 use crate::sip::header::{NameAddr, split_list};
 use crate::sip::methods::{Capabilities, triage};
 use crate::sip::outbound::{Destination, Outbound};
@@ -16,6 +15,7 @@ use crate::sip::{Origin, Transport};
 use crate::store::{
     ContactAddress, Pcontact, PcontactChange, PcontactPlan, RegState, Store, StoreError,
 };
+use crate::transaction::{Outcome, Transactions, new_branch};
 use chrono::TimeDelta;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,12 +100,7 @@ impl Pcscf {
         config: PcscfConfig,
         shutdown: CancellationToken,
     ) -> Arc<Pcscf> {
-        let owner = format!(
-            "{}:{}:{}",
-            hostname(),
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let owner = crate::lease::owner_name();
         Arc::new(Pcscf {
             store,
             outbound,
@@ -116,11 +111,9 @@ impl Pcscf {
         })
     }
 
-    /// A response from upstream: the transaction waiting for it takes it.
-    pub fn on_response(&self, message: Message) {
-        if !self.transactions.on_response(message) {
-            tracing::debug!("response for no pending transaction dropped");
-        }
+    /// A response from upstream: the transaction waiting for it takes it; `false` if none.
+    pub fn on_response(&self, message: Message) -> bool {
+        self.transactions.on_response(message)
     }
 
     pub async fn handle(self: &Arc<Self>, request: &Request, origin: &Origin) -> Option<Response> {
@@ -389,12 +382,6 @@ fn accepted_by(response: &Message, address: &ContactAddress, to_uri: &str) -> Op
         service_routes: uris("Service-Route"),
         public_ids,
     })
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "registrar".into())
 }
 
 /// How the transport a URI asks for maps to ours (`transport=tcp` or UDP).

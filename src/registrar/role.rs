@@ -1,7 +1,9 @@
 //! The registrar role as the server sees it: a checked SIP request in, a response out.
 //! REGISTER goes through the checks that need no database (R16, R10's option tags, R2–R6
 //! syntax), then the authentication gate (SPEC A, `auth::Authenticator`), then
-//! `service::register`; every other method gets R11's answer.
+//! `service::register`, whose committed changes go to the reg-event service (SPEC E2) without
+//! waiting for it; SUBSCRIBE goes to `regevent::subscribe` (SPEC E1); every other method gets
+//! R11's answer.
 
 use super::decide::Outcome;
 use super::extract::{ParseRules, register_of};
@@ -9,6 +11,9 @@ use super::request::{Contacts, Policies, Refusal, Register};
 use super::service::{Registration, register};
 use crate::auth::{Admission, AuthSettings, Authenticator};
 use crate::metrics::METRICS;
+use crate::regevent::RegEvents;
+use crate::regevent::publish::{self, PublishGate};
+use crate::regevent::subscribe::{self, Gate};
 use crate::sip::header::option_tags;
 use crate::sip::methods::{Capabilities, triage};
 use crate::sip::request::Request;
@@ -20,8 +25,8 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub const CAPABILITIES: Capabilities = Capabilities {
-    handles: &["REGISTER"],
-    allow: "REGISTER, OPTIONS",
+    handles: &["REGISTER", "SUBSCRIBE", "PUBLISH"],
+    allow: "REGISTER, OPTIONS, SUBSCRIBE, PUBLISH",
     supported: &["path"],
 };
 
@@ -45,12 +50,15 @@ pub struct RegistrarConfig {
     /// `Flow-Timer` of a 200 OK to an outbound REGISTER over a stream (SPEC W3): seconds
     /// between the UA's CRLF keep-alives, half the idle timeout that would close the flow.
     pub flow_timer: u32,
+    /// SPEC E3: networks whose reg-event PUBLISHes need no Path match.
+    pub trusted_publishers: Vec<crate::config::Cidr>,
 }
 
 pub struct Registrar {
     store: Store,
     config: RegistrarConfig,
     auth: Authenticator,
+    events: Arc<RegEvents>,
     in_flight: Arc<Semaphore>,
     overload: Overload,
 }
@@ -92,21 +100,44 @@ impl Overload {
 }
 
 impl Registrar {
-    pub fn new(store: Store, config: RegistrarConfig) -> Registrar {
+    pub fn new(store: Store, config: RegistrarConfig, events: Arc<RegEvents>) -> Registrar {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let auth = Authenticator::new(config.auth.clone(), config.case_sensitive);
         Registrar {
             store,
             config,
             auth,
+            events,
             in_flight,
             overload: Overload::default(),
         }
     }
 
+    /// The reg-event service (its expiry job is started beside the role).
+    pub fn events(&self) -> &Arc<RegEvents> {
+        &self.events
+    }
+
     pub async fn handle(&self, request: &Request, origin: &Origin) -> Option<Response> {
         if let Some(answer) = triage(request, &CAPABILITIES) {
             return answer;
+        }
+        if request.method == "SUBSCRIBE" {
+            let gate = Gate {
+                auth: &self.auth,
+                case_sensitive: self.config.case_sensitive,
+                domains: &self.config.domains,
+            };
+            return Some(subscribe::handle(&self.events, gate, request, origin).await);
+        }
+        if request.method == "PUBLISH" {
+            let gate = PublishGate {
+                auth: &self.config.auth,
+                trusted: &self.config.trusted_publishers,
+                case_sensitive: self.config.case_sensitive,
+                domains: &self.config.domains,
+            };
+            return Some(publish::handle(&self.events, gate, request, origin).await);
         }
         let started = std::time::Instant::now();
         let response = self.handle_register(request, origin, started).await;
@@ -170,11 +201,17 @@ impl Registrar {
         };
         match result {
             Ok(Err(_denied)) => self.auth.denied(request, origin, &wanted.aor),
-            Ok(Ok(registration)) => {
+            Ok(Ok(mut registration)) => {
                 if authenticated {
                     METRICS.auth("ok");
                 }
                 log_change(&registration);
+                (self.events).changed(
+                    &wanted.aor,
+                    std::mem::take(&mut registration.changes),
+                    registration.bindings.len(),
+                    registration.now,
+                );
                 match &registration.outcome {
                     Outcome::Registered => {
                         let response = registered(request, &registration);

@@ -6,6 +6,7 @@
 use super::decide::{Outcome, decide, prepare};
 use super::request::{Contacts, Policy, Register};
 use crate::auth::{Denied, Verification};
+use crate::regevent::change::{self, Cause, ContactChange};
 use crate::store::{Binding, Plan, Reads, Store, StoreError, Written};
 use chrono::{DateTime, Utc};
 
@@ -17,6 +18,8 @@ pub struct Registration {
     pub written: Written,
     /// In reply order (R10).
     pub bindings: Vec<Binding>,
+    /// What the subscribers of the AoR are to be told (SPEC E2); empty when nothing changed.
+    pub changes: Vec<ContactChange>,
 }
 
 /// `credentials`: the gate's verification when the REGISTER must authenticate (`None` with
@@ -28,15 +31,26 @@ pub async fn register(
     request: &Register,
     credentials: Option<&Verification>,
 ) -> Result<Result<Registration, Denied>, StoreError> {
+    run(store, policy, request, credentials, false).await
+}
+
+async fn run(
+    store: &Store,
+    policy: &Policy,
+    request: &Register,
+    credentials: Option<&Verification>,
+    administrative: bool,
+) -> Result<Result<Registration, Denied>, StoreError> {
     if let Err(refusal) = prepare(request, policy) {
         return Ok(Ok(Registration {
             outcome: Outcome::Refused(refusal),
             now: Utc::now(),
             written: Written::default(),
             bindings: Vec::new(),
+            changes: Vec::new(),
         }));
     }
-    let (outcome, now, written, mut bindings) =
+    let (outcome, now, written, mut bindings, changes) =
         if matches!(request.contacts, Contacts::None) && credentials.is_none() {
             // A query writes nothing, so it needs no lock (R10).
             let snapshot = store.live_bindings(&request.aor).await?;
@@ -45,6 +59,7 @@ pub async fn register(
                 snapshot.now,
                 Written::default(),
                 snapshot.bindings,
+                Vec::new(),
             )
         } else {
             let (owned, policy) = (request.clone(), policy.clone());
@@ -60,14 +75,24 @@ pub async fn register(
                     {
                         return Plan::unchanged(Err(denied));
                     }
-                    decide(&owned, &policy, snapshot).map(Ok)
+                    let plan = decide(&owned, &policy, snapshot);
+                    // SPEC E2: what to NOTIFY is a function of the change, decided with it.
+                    let cause = cause(&owned, &policy, administrative);
+                    let changes = change::changes(&snapshot.bindings, &plan, &cause);
+                    plan.map(|outcome| Ok((outcome, changes)))
                 })
                 .await?;
-            let outcome = match applied.outcome {
-                Ok(outcome) => outcome,
+            let (outcome, changes) = match applied.outcome {
+                Ok(decided) => decided,
                 Err(denied) => return Ok(Err(denied)),
             };
-            (outcome, applied.now, applied.written, applied.bindings)
+            (
+                outcome,
+                applied.now,
+                applied.written,
+                applied.bindings,
+                changes,
+            )
         };
     reply_order(&mut bindings);
     Ok(Ok(Registration {
@@ -75,7 +100,37 @@ pub async fn register(
         now,
         written,
         bindings,
+        changes,
     }))
+}
+
+/// Who a REGISTER's removals are credited to (SPEC E2): the contacts it sent with expires 0
+/// were unregistered by their UA.
+fn cause<'a>(request: &'a Register, policy: &Policy, administrative: bool) -> Cause<'a> {
+    if administrative {
+        return Cause::Administrative;
+    }
+    match &request.contacts {
+        Contacts::Wildcard => Cause::Register {
+            all: true,
+            removed: Vec::new(),
+        },
+        Contacts::None => Cause::Register {
+            all: false,
+            removed: Vec::new(),
+        },
+        Contacts::List(list) => Cause::Register {
+            all: false,
+            removed: list
+                .iter()
+                .filter(|c| {
+                    let asked = c.expires.or(request.expires_header);
+                    asked.unwrap_or(policy.default_expires) == 0
+                })
+                .map(|c| c.uri.as_str())
+                .collect(),
+        },
+    }
 }
 
 /// An administrative binding (SPEC C4, `contacts add`): nothing to authenticate.
@@ -84,7 +139,7 @@ pub async fn register_administratively(
     policy: &Policy,
     request: &Register,
 ) -> Result<Registration, StoreError> {
-    match register(store, policy, request, None).await? {
+    match run(store, policy, request, None, true).await? {
         Ok(registration) => Ok(registration),
         Err(Denied) => unreachable!("no credentials were given to verify"),
     }

@@ -107,6 +107,13 @@ fn with_to_tag(to: &str, request: &Message) -> String {
     if super::header::NameAddr::parse(to).is_some_and(|n| n.param("tag").is_some()) {
         return to.to_string();
     }
+    format!("{to};tag={}", local_tag(request))
+}
+
+/// The To tag our responses to `request` carry when it had none: a hash of its Call-ID, CSeq
+/// and From, so that a retransmission gets the same tag (and a SUBSCRIBE's dialog, SPEC E1,
+/// the same local tag).
+pub fn local_tag(request: &Message) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for h in request
         .headers
@@ -117,7 +124,7 @@ fn with_to_tag(to: &str, request: &Message) -> String {
             hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-    format!("{to};tag={hash:016x}")
+    format!("{hash:016x}")
 }
 
 /// RFC 1123 date for the `Date` header (RFC 3261 §20.17).

@@ -14,6 +14,7 @@ mod pcontact;
 mod postgres;
 mod sqlite;
 mod subscriber;
+mod subscription;
 
 pub use binding::{Aor, AorSnapshot, Applied, Binding, Plan, Reads, Removal, Written};
 pub use error::StoreError;
@@ -26,6 +27,7 @@ pub use pcontact::{
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use subscriber::{Credentials, Subscriber};
+pub use subscription::{DialogId, ExpiryWork, NewSubscription, Renewal, Renewed, Subscription};
 
 use std::time::{Duration, Instant};
 
@@ -149,6 +151,12 @@ impl Store {
         dispatch!(self, s => s.live_bindings(aor).await)
     }
 
+    /// Every row of one AoR, live or expired but not yet cleaned up (SPEC E3: a PUBLISH for a
+    /// binding that just expired is authorized by that binding's Path).
+    pub async fn all_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
+        dispatch!(self, s => s.all_bindings(aor).await)
+    }
+
     /// Every live binding of every AoR, ordered by AoR.
     pub async fn dump_bindings(&self) -> Result<AorSnapshot, StoreError> {
         dispatch!(self, s => s.dump_bindings().await)
@@ -160,8 +168,12 @@ impl Store {
         dispatch!(self, s => s.bindings_page(after, limit).await)
     }
 
-    /// Administrative removal under the AoR's lock; returns how many live bindings went.
-    pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
+    /// Administrative removal under the AoR's lock; returns the live bindings that went.
+    pub async fn remove_bindings(
+        &self,
+        aor: &Aor,
+        which: &Removal,
+    ) -> Result<Vec<Binding>, StoreError> {
         dispatch!(self, s => s.remove_bindings(aor, which).await)
     }
 
@@ -282,6 +294,68 @@ impl Store {
     /// Deletes a user; `false` when there was none.
     pub async fn remove_subscriber(&self, aor: &Aor) -> Result<bool, StoreError> {
         dispatch!(self, s => s.remove_subscriber(aor).await)
+    }
+
+    /// SPEC E1: a new reg-event subscription; its first NOTIFY is CSeq 1, version 0.
+    pub async fn add_subscription(
+        &self,
+        new: &NewSubscription,
+    ) -> Result<Subscription, StoreError> {
+        dispatch!(self, s => s.add_subscription(new).await)
+    }
+
+    /// SPEC E1: refreshes (or, with 0 s, ends) a subscription dialog, taking the numbers of
+    /// the NOTIFY that answers it.
+    pub async fn renew_subscription(
+        &self,
+        dialog: &DialogId,
+        renewal: &Renewal,
+    ) -> Result<Renewed, StoreError> {
+        dispatch!(self, s => s.renew_subscription(dialog, renewal).await)
+    }
+
+    /// SPEC E2: the live subscriptions of these AoRs (distinct), each with the numbers of its
+    /// next NOTIFY taken, in one statement. Only subscriptions that existed when the AoR
+    /// changed (its `now`, see `RegEvents::changed`): a later one was sent the state after the
+    /// change in full.
+    pub async fn next_notifies(
+        &self,
+        changed: &[(Aor, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<Vec<Subscription>, StoreError> {
+        dispatch!(self, s => s.next_notifies(changed).await)
+    }
+
+    /// Every subscription of an AoR, as stored (nothing taken).
+    pub async fn subscriptions(&self, aor: &Aor) -> Result<Vec<Subscription>, StoreError> {
+        dispatch!(self, s => s.subscriptions(aor).await)
+    }
+
+    pub async fn remove_subscription(&self, id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.remove_subscription(id).await)
+    }
+
+    /// SPEC E2: claims, for `owner` and `lease`, up to `limit` subscriptions that ended or whose
+    /// AoR has bindings that expired since they were last told, taking the numbers of the
+    /// NOTIFY each gets. No two callers get the same subscription while a lease runs (the
+    /// claim of SPEC P5).
+    pub async fn claim_expiry_work(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ExpiryWork>, StoreError> {
+        dispatch!(self, s => s.claim_expiry_work(owner, lease, limit).await)
+    }
+
+    /// Moves a claimed subscription's watermark to `notified_until` and releases the claim, if
+    /// `owner` still holds it.
+    pub async fn finish_expiry_work(
+        &self,
+        id: i64,
+        owner: &str,
+        notified_until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.finish_expiry_work(id, owner, notified_until).await)
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

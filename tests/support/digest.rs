@@ -54,13 +54,24 @@ impl Challenge {
 
     /// The `Authorization` header line answering this challenge for `REGISTER uri`.
     pub fn answer(&self, user: &str, password: &str, uri: &str, nc: u32) -> String {
+        self.answer_for("REGISTER", user, password, uri, nc)
+    }
+
+    /// The same for a request of another method (a SUBSCRIBE, SPEC E1).
+    pub fn answer_for(
+        &self,
+        method: &str,
+        user: &str,
+        password: &str,
+        uri: &str,
+        nc: u32,
+    ) -> String {
         let h = ha1(self.algorithm, user, &self.realm, password);
         let qop = QopAuth {
             nc: format!("{nc:08x}"),
             cnonce: format!("c{nc}x"),
         };
-        let response =
-            expected_response(self.algorithm, &h, &self.nonce, "REGISTER", uri, Some(&qop));
+        let response = expected_response(self.algorithm, &h, &self.nonce, method, uri, Some(&qop));
         let opaque = self
             .opaque
             .as_ref()

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod scscf;
 pub mod sip;
 pub mod tls;
+pub mod watcher;
 pub mod ws;
 
 use registrar::store::{Backend, ConnectOptions, Store};
@@ -24,6 +25,12 @@ pub struct TestDb {
     admin_url: Option<String>,
     name: String,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// The schema version this build migrates to: the number of migrations it embeds.
+pub fn schema_version() -> i64 {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    std::fs::read_dir(dir).expect(dir).count() as i64
 }
 
 pub fn options() -> ConnectOptions {
@@ -151,6 +158,22 @@ impl TestDb {
                 .await;
             }
         }
+    }
+
+    /// Drops every table the migrations made, and their history: the database as before
+    /// `migrate` (S3, C5).
+    pub async fn drop_schema(&self) {
+        let drop = match self.backend() {
+            Backend::Postgres => {
+                "DROP TABLE location, pcscf_location, subscriber, reg_subscription, \
+                 refinery_schema_history, version"
+            }
+            Backend::Sqlite => {
+                "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE subscriber; \
+                 DROP TABLE reg_subscription; DROP TABLE refinery_schema_history"
+            }
+        };
+        self.exec(drop).await;
     }
 
     /// SQL for "`seconds` from now" in this backend's time columns.

@@ -8,7 +8,7 @@
 use super::batch::read_aors;
 use super::rows::{BINDING_COLUMNS, binding};
 use super::{AOR_LOCK_NAMESPACE, PgStore};
-use crate::store::{Aor, AorSnapshot, Applied, Plan, Reads, Removal, StoreError};
+use crate::store::{Aor, AorSnapshot, Applied, Binding, Plan, Reads, Removal, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::time::Duration;
@@ -31,6 +31,12 @@ impl PgStore {
         let mut conn = self.acquire().await?;
         let (now, mut rows) = read_aors(&mut conn, &[aor]).await?;
         Ok(AorSnapshot::live(&rows.pop().unwrap_or_default(), now))
+    }
+
+    pub async fn all_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
+        let mut conn = self.acquire().await?;
+        let (now, mut rows) = read_aors(&mut conn, &[aor]).await?;
+        Ok(AorSnapshot::of(now, rows.pop().unwrap_or_default()))
     }
 
     pub async fn dump_bindings(&self) -> Result<AorSnapshot, StoreError> {
@@ -69,7 +75,11 @@ impl PgStore {
         Ok(AorSnapshot::of(now, bindings))
     }
 
-    pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
+    pub async fn remove_bindings(
+        &self,
+        aor: &Aor,
+        which: &Removal,
+    ) -> Result<Vec<Binding>, StoreError> {
         let mut tx = self.begin().await?;
         lock_aor(&mut tx, aor).await?;
         let (filter, value) = match which {
@@ -79,7 +89,7 @@ impl PgStore {
         };
         let sql = format!(
             "DELETE FROM location WHERE username = $1 AND domain = $2{filter} \
-             RETURNING expires > statement_timestamp() AS live"
+             RETURNING {BINDING_COLUMNS}, expires > statement_timestamp() AS live"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(&aor.username)
@@ -89,10 +99,10 @@ impl PgStore {
         }
         let rows = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        let mut live = 0;
-        for row in rows {
+        let mut live = Vec::new();
+        for row in &rows {
             if row.try_get::<bool, _>("live")? {
-                live += 1;
+                live.push(binding(row)?);
             }
         }
         Ok(live)

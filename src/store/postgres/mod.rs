@@ -9,6 +9,7 @@ mod pcscf;
 mod primary;
 mod rows;
 mod subscriber;
+mod subscription;
 
 use super::coalesce::Coalescer;
 use super::error::acquire_error;

@@ -47,6 +47,12 @@ impl SqliteStore {
         Ok(AorSnapshot::live(&read_aor(&mut conn, aor).await?, now))
     }
 
+    pub async fn all_bindings(&self, aor: &Aor) -> Result<AorSnapshot, StoreError> {
+        let mut conn = self.acquire().await?;
+        let now = now();
+        Ok(AorSnapshot::of(now, read_aor(&mut conn, aor).await?))
+    }
+
     pub async fn dump_bindings(&self) -> Result<AorSnapshot, StoreError> {
         let now = now();
         let sql = format!(
@@ -77,7 +83,11 @@ impl SqliteStore {
         Ok(AorSnapshot::of(now, bindings))
     }
 
-    pub async fn remove_bindings(&self, aor: &Aor, which: &Removal) -> Result<u64, StoreError> {
+    pub async fn remove_bindings(
+        &self,
+        aor: &Aor,
+        which: &Removal,
+    ) -> Result<Vec<Binding>, StoreError> {
         let mut tx = self.begin_write().await?;
         let (filter, value) = match which {
             Removal::All => ("", None),
@@ -86,7 +96,7 @@ impl SqliteStore {
         };
         let sql = format!(
             "DELETE FROM location WHERE username = ?1 AND domain = ?2{filter} \
-             RETURNING expires > ?3 AS live"
+             RETURNING {BINDING_COLUMNS}, expires > ?3 AS live"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(&aor.username)
@@ -97,10 +107,10 @@ impl SqliteStore {
         }
         let rows = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        let mut live = 0;
-        for row in rows {
+        let mut live = Vec::new();
+        for row in &rows {
             if row.try_get::<bool, _>("live")? {
-                live += 1;
+                live.push(binding(row)?);
             }
         }
         Ok(live)

@@ -9,6 +9,7 @@ mod location;
 mod pcscf;
 mod rows;
 mod subscriber;
+mod subscription;
 
 use super::coalesce::Coalescer;
 use super::error::acquire_error;

@@ -1,12 +1,27 @@
-//! RFC 3680 `application/reginfo+xml`: the partial document a P-CSCF PUBLISHes when a contact
-//! expired (SPEC P4), and the reading of the S-CSCF's NOTIFY bodies (SPEC P6).
+//! RFC 3680 `application/reginfo+xml`: the documents a registrar NOTIFYs (SPEC E1, E2), the
+//! partial document a P-CSCF PUBLISHes when a contact expired (SPEC P4), and the reading of
+//! NOTIFY and PUBLISH bodies (SPEC P6, E3).
 
+use super::response::Response;
+use super::wire::Message;
 use quick_xml::Reader;
 use quick_xml::escape::escape;
 use quick_xml::events::{BytesStart, Event};
 use thiserror::Error;
 
 pub const CONTENT_TYPE: &str = "application/reginfo+xml";
+
+/// `None` when `message` is for the `reg` event package (RFC 3680); else the `489 Bad Event`
+/// that answers it (SUBSCRIBE, NOTIFY, PUBLISH alike).
+pub fn not_reg_event(message: &Message) -> Option<Response> {
+    let package = message
+        .header("Event")
+        .and_then(|e| e.split(';').next())
+        .map(str::trim)
+        .unwrap_or("");
+    (!package.eq_ignore_ascii_case("reg"))
+        .then(|| Response::to(message, 489, "Bad Event").header("Allow-Events", "reg"))
+}
 
 /// The PUBLISH body: `impu`'s registration with `contact` terminated, `expires="0"`.
 pub fn terminated_contact(impu: &str, contact: &str, id: &str) -> String {
@@ -23,6 +38,71 @@ pub fn terminated_contact(impu: &str, contact: &str, id: &str) -> String {
         id = escape(id),
         uri = escape(contact),
     )
+}
+
+/// One `<registration>` of a document we write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationDoc<'a> {
+    pub aor: &'a str,
+    pub id: &'a str,
+    /// `init`, `active` or `terminated`.
+    pub state: &'a str,
+    pub contacts: Vec<ContactDoc<'a>>,
+}
+
+/// One `<contact>` of a document we write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactDoc<'a> {
+    pub id: &'a str,
+    pub state: ContactState,
+    /// RFC 3680 §5.1's event: `registered`, `refreshed`, `expired`, …
+    pub event: &'a str,
+    /// Seconds left (0 for a terminated contact).
+    pub expires: u64,
+    pub uri: &'a str,
+    /// In thousandths.
+    pub q: Option<u16>,
+    pub call_id: &'a str,
+    pub cseq: i64,
+}
+
+/// A reginfo document: `full` state or a `partial` one, at `version` (SPEC E1, E2).
+pub fn document(version: i64, full: bool, registration: &RegistrationDoc<'_>) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "<?xml version=\"1.0\"?>\n\
+         <reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" version=\"{version}\" state=\"{}\">\n\
+         \x20 <registration aor=\"{}\" id=\"{}\" state=\"{}\">\n",
+        if full { "full" } else { "partial" },
+        escape(registration.aor),
+        escape(registration.id),
+        escape(registration.state),
+    );
+    for c in &registration.contacts {
+        let state = match c.state {
+            ContactState::Active => "active",
+            ContactState::Terminated => "terminated",
+        };
+        let _ = write!(
+            out,
+            "\x20   <contact id=\"{}\" state=\"{state}\" event=\"{}\" expires=\"{}\"",
+            escape(c.id),
+            escape(c.event),
+            c.expires,
+        );
+        if let Some(q) = c.q {
+            let _ = write!(out, " q=\"{}.{:03}\"", q / 1000, q % 1000);
+        }
+        let _ = write!(
+            out,
+            " callid=\"{}\" cseq=\"{}\">\n\x20     <uri>{}</uri>\n\x20   </contact>\n",
+            escape(c.call_id),
+            c.cseq,
+            escape(c.uri),
+        );
+    }
+    out.push_str("  </registration>\n</reginfo>\n");
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +292,55 @@ fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, Reginf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn e2_documents_parse_back_with_every_contact() {
+        let doc = document(
+            3,
+            false,
+            &RegistrationDoc {
+                aor: "sip:alice@example.com",
+                id: "a1",
+                state: "active",
+                contacts: vec![
+                    ContactDoc {
+                        id: "r1",
+                        state: ContactState::Active,
+                        event: "refreshed",
+                        expires: 3600,
+                        uri: "sip:alice@192.0.2.1:5060;a=<b>&c",
+                        q: Some(500),
+                        call_id: "c\"1",
+                        cseq: 7,
+                    },
+                    ContactDoc {
+                        id: "r2",
+                        state: ContactState::Terminated,
+                        event: "expired",
+                        expires: 0,
+                        uri: "sip:alice@192.0.2.2",
+                        q: None,
+                        call_id: "c2",
+                        cseq: 1,
+                    },
+                ],
+            },
+        );
+        assert!(doc.contains("version=\"3\" state=\"partial\""), "{doc}");
+        assert!(doc.contains("q=\"0.500\""), "{doc}");
+        let regs = parse(&doc).unwrap();
+        assert_eq!(regs[0].aor, "sip:alice@example.com");
+        assert_eq!(regs[0].state.as_deref(), Some("active"));
+        let c = &regs[0].contacts;
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].uri, "sip:alice@192.0.2.1:5060;a=<b>&c");
+        assert_eq!(
+            (c[0].state.clone(), c[0].expires),
+            (ContactState::Active, Some(3600))
+        );
+        assert_eq!(c[1].event.as_deref(), Some("expired"));
+        assert_eq!(c[1].state, ContactState::Terminated);
+    }
 
     #[test]
     fn p4_publish_body_parses_back() {

@@ -1,0 +1,353 @@
+//! Sending reg-event NOTIFYs (SPEC E1, E2): every NOTIFY goes in a subscription's dialog as a
+//! non-INVITE client transaction; a 481, a 408, a timeout or an unreachable subscriber ends the
+//! subscription (its row is deleted). Changes of bindings arrive on a bounded queue, off the
+//! REGISTER's latency path: the worker folds those waiting into one statement that takes the
+//! next NOTIFY numbers of every subscription of their AoRs, then NOTIFYs each.
+
+use super::change::{self, ContactChange};
+use crate::aor::Aor;
+use crate::metrics::{METRICS, ResultLabel};
+use crate::sip::Transport;
+use crate::sip::aor::aor_uri;
+use crate::sip::outbound::{Destination, Outbound};
+use crate::sip::reginfo::{self, RegistrationDoc};
+use crate::sip::wire::StartLine;
+use crate::store::{Store, Subscription};
+use crate::transaction::{Outcome, Transactions, new_branch};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Changes waiting for the worker; beyond this a change is NOTIFYed by no one (counted as
+/// `dropped`): the REGISTER is never slowed down for its subscribers.
+const QUEUE: usize = 16_384;
+/// Changes the worker takes at once (one statement for all their AoRs).
+const BATCH: usize = 128;
+/// NOTIFY transactions in flight at once per instance.
+const IN_FLIGHT: usize = 1024;
+
+/// The reg-event notifier's settings.
+#[derive(Clone, Debug)]
+pub struct RegEventConfig {
+    pub t1: Duration,
+    /// An expired binding's NOTIFY goes out within this of its expiry (SPEC E2).
+    pub expiry_notify_delay: Duration,
+    /// Our listening addresses: the Via sent-by and Contact of NOTIFYs per transport.
+    pub listen: Vec<(Transport, SocketAddr)>,
+}
+
+impl RegEventConfig {
+    /// The expiry job's lease: one NOTIFY transaction and some slack.
+    pub fn lease(&self) -> Duration {
+        self.t1 * 64 + Duration::from_secs(10)
+    }
+
+    fn sent_by(&self, transport: Transport) -> String {
+        let addr = (self.listen.iter())
+            .find(|(t, _)| *t == transport)
+            .or(self.listen.first())
+            .map(|(_, a)| *a);
+        match addr {
+            Some(a) if !a.ip().is_unspecified() => a.to_string(),
+            Some(a) => format!("{}:{}", crate::lease::host_name(), a.port()),
+            None => crate::lease::host_name(),
+        }
+    }
+}
+
+/// A committed change of one AoR's bindings, waiting to be NOTIFYed.
+#[derive(Debug)]
+struct Pending {
+    aor: Aor,
+    changes: Vec<ContactChange>,
+    live_after: usize,
+    now: DateTime<Utc>,
+}
+
+/// How a NOTIFY ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Accepted,
+    /// A final answer other than 2xx that does not end the subscription.
+    Refused(u16),
+    /// 481, 408, timeout or unreachable: the subscription was removed.
+    Ended,
+}
+
+/// The registrar's reg-event service: the subscriptions live in the database; this holds the
+/// transactions of NOTIFYs in flight and the queue of changes.
+pub struct RegEvents {
+    pub(crate) store: Store,
+    outbound: Arc<dyn Outbound>,
+    transactions: Transactions,
+    pub(crate) config: RegEventConfig,
+    /// This instance's name in `claimed_by` (the expiry job).
+    pub(crate) owner: String,
+    queue: mpsc::Sender<Pending>,
+    sending: Arc<Semaphore>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl RegEvents {
+    /// The service and its worker (to spawn).
+    pub fn new(
+        store: Store,
+        outbound: Arc<dyn Outbound>,
+        config: RegEventConfig,
+        shutdown: CancellationToken,
+    ) -> (Arc<RegEvents>, impl std::future::Future<Output = ()> + Send) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let events = Arc::new(RegEvents {
+            store,
+            outbound,
+            transactions: Transactions::new(config.t1),
+            config,
+            owner: crate::lease::owner_name(),
+            queue: tx,
+            sending: Arc::new(Semaphore::new(IN_FLIGHT)),
+            shutdown,
+        });
+        let worker = run(Arc::clone(&events), rx);
+        (events, worker)
+    }
+
+    /// A response to one of our NOTIFYs; `false` if no transaction waits for it.
+    pub fn on_response(&self, message: crate::sip::wire::Message) -> bool {
+        self.transactions.on_response(message)
+    }
+
+    /// SPEC E2: a committed change of `aor`'s bindings, `live_after` of them live now. Never
+    /// waits: a full queue drops the change (counted).
+    pub fn changed(
+        &self,
+        aor: &Aor,
+        changes: Vec<ContactChange>,
+        live_after: usize,
+        now: DateTime<Utc>,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
+        // Which subscriptions existed at the change: on PostgreSQL by the database's clock (the
+        // batch's `now`, as `created`); SQLite's clock is this process's but its `now` is whole
+        // seconds, so the moment the committed change is handed over stands for it.
+        let now = match self.store.backend() {
+            crate::store::Backend::Postgres => now,
+            crate::store::Backend::Sqlite => Utc::now(),
+        };
+        let pending = Pending {
+            aor: aor.clone(),
+            changes,
+            live_after,
+            now,
+        };
+        if self.queue.try_send(pending).is_err() {
+            sent("dropped");
+            tracing::warn!(%aor, "reg-event queue full; a change goes un-NOTIFYed");
+        }
+    }
+
+    /// One NOTIFY in `s`'s dialog carrying `registration` at `s.version`, with
+    /// `Subscription-State: state`. Ends the subscription on 481, 408, timeout or no route.
+    pub async fn notify(
+        &self,
+        s: &Subscription,
+        full: bool,
+        registration: &RegistrationDoc<'_>,
+        state: &str,
+    ) -> Delivery {
+        let Some(to) = destination(&s.send_to) else {
+            tracing::warn!(send_to = %s.send_to, "subscription with no usable address; ended");
+            return self.end(s, "ended").await;
+        };
+        let _permit = self.sending.acquire().await;
+        let body = reginfo::document(s.version, full, registration);
+        let branch = new_branch();
+        let request = self.request(s, to.transport, &branch, state, &body);
+        let outcome = (self.transactions)
+            .request(self.outbound.as_ref(), to, &branch, request, |_| {})
+            .await;
+        let code = match &outcome {
+            Outcome::Final(m) => match m.start {
+                StartLine::Response { code, .. } => code,
+                StartLine::Request { .. } => 500,
+            },
+            Outcome::Timeout => 408,
+            Outcome::Unreachable(e) => {
+                tracing::info!(error = %e, aor = %s.aor, "subscriber unreachable");
+                408
+            }
+        };
+        match code {
+            200..=299 => {
+                sent("ok");
+                Delivery::Accepted
+            }
+            481 | 408 => {
+                tracing::info!(code, aor = %s.aor, "NOTIFY ended the subscription");
+                self.end(s, "ended").await
+            }
+            code => {
+                sent("refused");
+                tracing::info!(code, aor = %s.aor, "NOTIFY refused");
+                Delivery::Refused(code)
+            }
+        }
+    }
+
+    async fn end(&self, s: &Subscription, result: &'static str) -> Delivery {
+        sent(result);
+        if let Err(e) = self.store.remove_subscription(s.id).await {
+            tracing::warn!(error = %e, "could not remove an ended subscription; its expiry will");
+        }
+        Delivery::Ended
+    }
+
+    fn request(
+        &self,
+        s: &Subscription,
+        transport: Transport,
+        branch: &str,
+        state: &str,
+        body: &str,
+    ) -> Vec<u8> {
+        let sent_by = self.config.sent_by(transport);
+        let mut route = String::new();
+        if let Some(set) = s.route_set.as_deref().filter(|r| !r.is_empty()) {
+            route = format!("Route: {set}\r\n");
+        }
+        let contact_transport = match transport {
+            Transport::Udp => String::new(),
+            t => format!(";transport={}", t.uri_param()),
+        };
+        format!(
+            "NOTIFY {target} SIP/2.0\r\n\
+             Via: SIP/2.0/{via} {sent_by};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             {route}\
+             From: <{local}>;tag={local_tag}\r\n\
+             To: <{remote}>;tag={remote_tag}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} NOTIFY\r\n\
+             Contact: <sip:{sent_by}{contact_transport}>\r\n\
+             Event: reg\r\n\
+             Subscription-State: {state}\r\n\
+             User-Agent: {agent}\r\n\
+             Content-Type: {content_type}\r\n\
+             Content-Length: {len}\r\n\r\n{body}",
+            target = s.remote_target,
+            via = transport.as_str().to_ascii_uppercase(),
+            local = s.local_uri,
+            local_tag = s.dialog.local_tag,
+            remote = s.remote_uri,
+            remote_tag = s.dialog.remote_tag,
+            call_id = s.dialog.call_id,
+            cseq = s.local_cseq,
+            agent = crate::sip::response::SERVER,
+            content_type = reginfo::CONTENT_TYPE,
+            len = body.len(),
+        )
+        .into_bytes()
+    }
+
+    /// Our Contact in SUBSCRIBE answers: the UDP listener's address, else the first one.
+    pub fn contact_uri(&self) -> String {
+        format!("<sip:{}>", self.config.sent_by(Transport::Udp))
+    }
+
+    /// `active;expires=N` for a subscription live at `now`.
+    pub fn active_state(s: &Subscription, now: DateTime<Utc>) -> String {
+        let left = (s.expires - now).num_seconds().max(0);
+        format!("active;expires={left}")
+    }
+}
+
+/// `registrar_regevent_sent_total{result}`.
+pub(crate) fn sent(result: &'static str) {
+    METRICS
+        .regevent_sent
+        .get_or_create(&ResultLabel { result })
+        .inc();
+}
+
+/// `proto:ip:port` (Kamailio's socket form) as a destination.
+fn destination(send_to: &str) -> Option<Destination> {
+    let (proto, addr) = send_to.split_once(':')?;
+    let transport = match proto {
+        "udp" => Transport::Udp,
+        "tcp" => Transport::Tcp,
+        "tls" => Transport::Tls,
+        "ws" => Transport::Ws,
+        "wss" => Transport::Wss,
+        _ => return None,
+    };
+    Some(Destination {
+        transport,
+        addr: addr.parse().ok()?,
+    })
+}
+
+/// The queue's worker: takes the changes waiting (up to `BATCH`), folds them per AoR, takes the
+/// next NOTIFY numbers of all their subscriptions in one statement, and NOTIFYs each.
+async fn run(events: Arc<RegEvents>, mut rx: mpsc::Receiver<Pending>) {
+    let mut waiting = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            _ = events.shutdown.cancelled() => return,
+            n = rx.recv_many(&mut waiting, BATCH) => if n == 0 { return },
+        }
+        let mut by_aor: HashMap<Aor, Pending> = HashMap::new();
+        for p in waiting.drain(..) {
+            match by_aor.get_mut(&p.aor) {
+                Some(folded) => {
+                    let earlier = std::mem::take(&mut folded.changes);
+                    folded.changes = change::merge(earlier.into_iter().chain(p.changes));
+                    folded.live_after = p.live_after;
+                    folded.now = p.now;
+                }
+                None => {
+                    by_aor.insert(p.aor.clone(), p);
+                }
+            }
+        }
+        let changed: Vec<(Aor, DateTime<Utc>)> =
+            by_aor.values().map(|p| (p.aor.clone(), p.now)).collect();
+        let subscriptions = match events.store.next_notifies(&changed).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, changes = changed.len(), "cannot read subscriptions; changes go un-NOTIFYed");
+                continue;
+            }
+        };
+        let by_aor = Arc::new(by_aor);
+        for s in subscriptions {
+            let (events, by_aor) = (Arc::clone(&events), Arc::clone(&by_aor));
+            tokio::spawn(async move {
+                let Some(p) = by_aor.get(&s.aor) else { return };
+                let (uri, id) = (aor_uri(&s.aor), change::registration_id(&s.aor));
+                let doc = change::partial(&uri, &id, &p.changes, p.live_after, p.now);
+                let state = RegEvents::active_state(&s, p.now);
+                events.notify(&s, false, &doc, &state).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_to_reads_the_socket_form() {
+        let d = destination("udp:192.0.2.1:5060").unwrap();
+        assert_eq!((d.transport, d.addr.port()), (Transport::Udp, 5060));
+        let d = destination("wss:[::1]:443").unwrap();
+        assert_eq!(d.transport, Transport::Wss);
+        assert!(destination("sctp:192.0.2.1:5060").is_none());
+        assert!(destination("udp:nowhere").is_none());
+    }
+}
