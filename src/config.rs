@@ -162,6 +162,9 @@ pub struct Overrides {
     /// RFC 3261 T1 in milliseconds (P-CSCF relay and PUBLISH, registrar NOTIFY), 1..=10000 [default: 500]
     #[arg(long = "t1-ms", value_name = "MS")]
     pub t1_ms: Option<u64>,
+    /// P-CSCF: Expires of its reg-event SUBSCRIBE after each registration, 60..=86400 [default: 3600]
+    #[arg(long, value_name = "SECONDS")]
+    pub reginfo_expires: Option<u32>,
     /// P-CSCF: first pause in seconds before a failed PUBLISH is retried, doubling, 0.01..=3600 [default: 1]
     #[arg(long, value_name = "SECONDS")]
     pub publish_backoff: Option<f64>,
@@ -316,6 +319,8 @@ pub struct PcscfSettings {
     pub t1: Duration,
     pub publish_backoff: Duration,
     pub publish_max_attempts: u32,
+    /// SPEC E4: the lifetime asked for by the P-CSCF's reg-event SUBSCRIBE.
+    pub reginfo_expires: u32,
     /// H5: networks besides the S-CSCF's addresses a NOTIFY may come from.
     pub notify_from: Vec<Cidr>,
 }
@@ -469,6 +474,7 @@ impl Settings {
                 1,
                 100,
             )?,
+            reginfo_expires: ranged(o.reginfo_expires, 3600, "reginfo-expires", 60, 86_400)?,
             notify_from,
         };
         if role == Role::Pcscf && pcscf.scscf.is_none() {
@@ -742,6 +748,7 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         t1_ms,
         publish_backoff,
         publish_max_attempts,
+        reginfo_expires,
         auth,
         auth_algorithms,
         auth_secret_file,

@@ -214,6 +214,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
         }
         Active::Pcscf(p) => {
             tasks.spawn(crate::pcscf::audit::run(Arc::clone(p)));
+            tasks.spawn(crate::pcscf::subscribe::run(Arc::clone(p)));
             Some(Arc::clone(p))
         }
     };
@@ -367,6 +368,7 @@ async fn pcscf_config(
         t1: p.t1,
         publish_backoff: p.publish_backoff,
         publish_max_attempts: p.publish_max_attempts,
+        reginfo_expires: p.reginfo_expires,
         default_expires: settings.policies.base.default_expires,
         max_expires: settings.policies.base.max_expires,
         retry_after: settings.retry_after,

@@ -42,7 +42,8 @@ both_backends!(c5_migrate_applies_then_reports_up_to_date, |db| {
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(
         stdout(&first).contains(
-            "applied V1__location, V2__pcscf_location, V3__subscriber, V4__reg_subscription"
+            "applied V1__location, V2__pcscf_location, V3__subscriber, V4__reg_subscription, \
+             V5__pcscf_subscription"
         ),
         "{}",
         stdout(&first)

@@ -29,9 +29,14 @@ pub async fn handle(pcscf: &Pcscf, request: &Request, origin: &Origin) -> Respon
 
 async fn apply(pcscf: &Pcscf, request: &Request, origin: &Origin) -> Response {
     let msg = &request.message;
-    // SPEC H5: only the S-CSCF (or a network the operator names) may change pcontacts; a Via
-    // naming the S-CSCF proves nothing. Before the body is even read.
-    if !pcscf.config.may_notify(origin.peer.ip()) {
+    // SPEC H5: only the S-CSCF (or a network the operator names), or a NOTIFY in a dialog of
+    // our own reg-event subscription (E4), may change pcontacts; a Via naming the S-CSCF
+    // proves nothing. Before the body is even read.
+    let dialog = match our_dialog(pcscf, msg).await {
+        Ok(d) => d,
+        Err(e) => return pcscf.store_failure(msg, e),
+    };
+    if dialog.is_none() && !pcscf.config.may_notify(origin.peer.ip()) {
         tracing::warn!(peer = %origin.peer, "NOTIFY from an address that is not the S-CSCF; refused");
         return Response::to(msg, 403, "Forbidden");
     }
@@ -95,5 +100,34 @@ async fn apply(pcscf: &Pcscf, request: &Request, origin: &Origin) -> Response {
             Err(e) => return pcscf.store_failure(msg, e),
         }
     }
+    // The notifier ended our subscription: forget its dialog (the next 2xx registration
+    // subscribes afresh).
+    let terminated = msg.header("Subscription-State").is_some_and(|s| {
+        s.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("terminated")
+    });
+    if let (Some(s), true) = (dialog, terminated) {
+        let _ = pcscf.store.remove_pcscf_subscription(s.id).await;
+    }
     Response::to(msg, 200, "OK")
+}
+
+/// The P-CSCF subscription (SPEC E4) this NOTIFY belongs to: its Call-ID, and our tag as its
+/// To tag.
+async fn our_dialog(
+    pcscf: &Pcscf,
+    msg: &crate::sip::wire::Message,
+) -> Result<Option<crate::store::PcscfSubscription>, crate::store::StoreError> {
+    let Some(call_id) = msg.header("Call-ID").map(str::trim) else {
+        return Ok(None);
+    };
+    let Some(s) = pcscf.store.pcscf_subscription_of_call(call_id).await? else {
+        return Ok(None);
+    };
+    let to_tag = msg
+        .header("To")
+        .and_then(crate::sip::header::NameAddr::parse)
+        .and_then(|n| n.param("tag").flatten().map(str::to_string));
+    Ok((to_tag.as_deref() == Some(s.from_tag.as_str())).then_some(s))
 }

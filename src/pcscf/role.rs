@@ -51,6 +51,8 @@ pub struct PcscfConfig {
     pub t1: Duration,
     pub publish_backoff: Duration,
     pub publish_max_attempts: u32,
+    /// SPEC E4: what our reg-event SUBSCRIBE asks for.
+    pub reginfo_expires: u32,
     pub default_expires: u32,
     /// A NOTIFY's expires is clamped to this (0 = no maximum; H5).
     pub max_expires: u32,
@@ -66,6 +68,11 @@ impl PcscfConfig {
         self.t1 * 64 * 2
             + self.publish_backoff * 2u32.saturating_pow(self.publish_max_attempts.min(16))
             + Duration::from_secs(10)
+    }
+
+    /// How long a claim on a SUBSCRIBE in flight lasts (SPEC E4): one transaction and slack.
+    pub fn subscribe_lease(&self) -> Duration {
+        self.t1 * 64 + Duration::from_secs(10)
     }
 
     /// SPEC H5: a NOTIFY's source IP (any port) must be the S-CSCF's or the PUBLISH target's
@@ -246,7 +253,7 @@ impl Pcscf {
 
     /// SPEC P2/P3: relay, wait for the final answer, record it, pass it back.
     async fn relay(
-        &self,
+        self: &Arc<Self>,
         request: &Request,
         origin: &Origin,
         address: &ContactAddress,
@@ -318,9 +325,14 @@ impl Pcscf {
             })
             .await;
         match recorded {
-            Ok(a) => match &a.pcontact {
+            Ok(a) => match a.pcontact {
                 Some(p) => {
-                    tracing::info!(contact = %p.aor, state = %p.reg_state, expires = %p.expires, "pcontact recorded")
+                    tracing::info!(contact = %p.aor, state = %p.reg_state, expires = %p.expires, "pcontact recorded");
+                    if p.reg_state == RegState::Registered {
+                        // SPEC E4: off the UE's answer path.
+                        let this = Arc::clone(self);
+                        tokio::spawn(super::subscribe::after_registration(this, p));
+                    }
                 }
                 None => tracing::info!(contact = %address, "pcontact removed"),
             },
@@ -440,6 +452,7 @@ mod tests {
             t1: Duration::from_millis(500),
             publish_backoff: Duration::from_secs(1),
             publish_max_attempts: 5,
+            reginfo_expires: 3600,
             default_expires: 3600,
             max_expires: 3600,
             retry_after: 5,

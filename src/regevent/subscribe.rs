@@ -94,10 +94,16 @@ fn read(request: &Request, case_sensitive: bool) -> Result<Wanted, Response> {
         [] => return Err(bad(request, "Missing Contact")),
         _ => return Err(bad(request, "More than one Contact")),
     };
-    let uri = Uri::parse(&request.uri).map_err(|_| bad(request, "Invalid Request-URI"))?;
-    let aor = aor_of(&uri, case_sensitive).map_err(|_| bad(request, "Invalid Request-URI"))?;
     let (from, to) = (name_addr(request, "From")?, name_addr(request, "To")?);
     let tag = |n: &NameAddr| n.param("tag").flatten().map(str::to_string);
+    // A new subscription names the AoR in its Request-URI; a refresh is sent to our Contact
+    // (RFC 3261 §12.2.1.1), so there the AoR is the dialog's, its To.
+    let watched = match tag(&to) {
+        None => request.uri.as_str(),
+        Some(_) => to.uri.as_str(),
+    };
+    let uri = Uri::parse(watched).map_err(|_| bad(request, "Invalid Request-URI"))?;
+    let aor = aor_of(&uri, case_sensitive).map_err(|_| bad(request, "Invalid Request-URI"))?;
     let remote_tag = tag(&from).ok_or_else(|| bad(request, "From without tag"))?;
     let cseq = msg
         .header("CSeq")

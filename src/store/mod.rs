@@ -11,6 +11,7 @@ mod error;
 mod gauges;
 mod migrate;
 mod pcontact;
+mod pcscf_subscription;
 mod postgres;
 mod sqlite;
 mod subscriber;
@@ -24,6 +25,7 @@ pub use pcontact::{
     ContactAddress, Pcontact, PcontactApplied, PcontactChange, PcontactPlan, PcontactSnapshot,
     PublishProgress, RegState, join_uri_list, split_uri_list,
 };
+pub use pcscf_subscription::{Granted, NewPcscfSubscription, PcscfSubscription};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use subscriber::{Credentials, Subscriber};
@@ -261,6 +263,60 @@ impl Store {
     /// Deletes a claimed pcontact once its PUBLISH work is over, if `owner` still holds it.
     pub async fn finish_claim(&self, id: i64, owner: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.finish_claim(id, owner).await)
+    }
+
+    /// SPEC E4: a new P-CSCF subscription for a pcontact, claimed by `owner` until its first
+    /// SUBSCRIBE is answered; `None` when the pcontact has one already.
+    pub async fn add_pcscf_subscription(
+        &self,
+        new: &NewPcscfSubscription,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<PcscfSubscription>, StoreError> {
+        dispatch!(self, s => s.add_pcscf_subscription(new, owner, lease).await)
+    }
+
+    /// The P-CSCF subscription whose dialog has this Call-ID (SPEC H5).
+    pub async fn pcscf_subscription_of_call(
+        &self,
+        call_id: &str,
+    ) -> Result<Option<PcscfSubscription>, StoreError> {
+        dispatch!(self, s => s.pcscf_subscription_of_call(call_id).await)
+    }
+
+    /// SPEC E4: claims subscriptions due for a refresh, or whose pcontact is gone, taking the
+    /// CSeq of the SUBSCRIBE each gets (the claim of SPEC P5).
+    pub async fn claim_pcscf_subscriptions(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<PcscfSubscription>, StoreError> {
+        dispatch!(self, s => s.claim_pcscf_subscriptions(owner, lease, limit).await)
+    }
+
+    /// Records what the S-CSCF's 2xx granted and releases the claim, if `owner` holds it.
+    pub async fn grant_pcscf_subscription(
+        &self,
+        id: i64,
+        owner: &str,
+        granted: &Granted,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.grant_pcscf_subscription(id, owner, granted).await)
+    }
+
+    /// Releases the claim with the next attempt due `after` from now.
+    pub async fn retry_pcscf_subscription(
+        &self,
+        id: i64,
+        owner: &str,
+        after: Duration,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.retry_pcscf_subscription(id, owner, after).await)
+    }
+
+    pub async fn remove_pcscf_subscription(&self, id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.remove_pcscf_subscription(id).await)
     }
 
     /// The subscriber row of an AoR (SPEC A2), if the user exists.

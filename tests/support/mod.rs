@@ -140,6 +140,21 @@ impl TestDb {
         }
     }
 
+    /// One text value from a query.
+    pub async fn text(&self, sql: &str) -> String {
+        let text = || sqlx::AssertSqlSafe(sql.to_string());
+        match &self.store {
+            Store::Postgres(s) => sqlx::query_scalar::<_, String>(text())
+                .fetch_one(s.pool())
+                .await
+                .expect(sql),
+            Store::Sqlite(s) => sqlx::query_scalar::<_, String>(text())
+                .fetch_one(s.pool())
+                .await
+                .expect(sql),
+        }
+    }
+
     /// Makes the database refuse any binding whose contact contains `word` (a constraint on
     /// PostgreSQL, a trigger on SQLite): a row the database rejects, for SPEC R13 tests.
     pub async fn refuse_contacts_containing(&self, word: &str) {
@@ -166,11 +181,12 @@ impl TestDb {
         let drop = match self.backend() {
             Backend::Postgres => {
                 "DROP TABLE location, pcscf_location, subscriber, reg_subscription, \
-                 refinery_schema_history, version"
+                 pcscf_subscription, refinery_schema_history, version"
             }
             Backend::Sqlite => {
                 "DROP TABLE location; DROP TABLE pcscf_location; DROP TABLE subscriber; \
-                 DROP TABLE reg_subscription; DROP TABLE refinery_schema_history"
+                 DROP TABLE reg_subscription; DROP TABLE pcscf_subscription; \
+                 DROP TABLE refinery_schema_history"
             }
         };
         self.exec(drop).await;

@@ -6,6 +6,7 @@ mod batch;
 mod location;
 mod lock;
 mod pcscf;
+mod pcscf_subscription;
 mod primary;
 mod rows;
 mod subscriber;

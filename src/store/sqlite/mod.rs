@@ -7,6 +7,7 @@
 
 mod location;
 mod pcscf;
+mod pcscf_subscription;
 mod rows;
 mod subscriber;
 mod subscription;
