@@ -275,6 +275,7 @@ fn fetched(new: &NewSubscription) -> Subscription {
         version: 0,
         expires: now,
         notified_until: now,
+        created: now,
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Subscription {
     pub expires: DateTime<Utc>,
     /// Binding expiries up to here have been NOTIFYed.
     pub notified_until: DateTime<Utc>,
+    /// When it was made: it hears of changes made after (SPEC E2).
+    pub created: DateTime<Utc>,
 }
 
 /// Call-ID and the two tags.

@@ -14,7 +14,8 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::time::Duration;
 
 const COLUMNS: &str = "id, username, domain, call_id, from_tag, to_tag, local_uri, remote_uri, \
-     remote_target, route_set, send_to, local_cseq, remote_cseq, version, expires, notified_until";
+     remote_target, route_set, send_to, local_cseq, remote_cseq, version, expires, notified_until, \
+     created";
 
 fn subscription(row: &PgRow) -> Result<Subscription, sqlx::Error> {
     Ok(Subscription {
@@ -38,6 +39,7 @@ fn subscription(row: &PgRow) -> Result<Subscription, sqlx::Error> {
         version: row.try_get("version")?,
         expires: row.try_get("expires")?,
         notified_until: row.try_get("notified_until")?,
+        created: row.try_get("created")?,
     })
 }
 

@@ -12,7 +12,8 @@ use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::time::Duration;
 
 const COLUMNS: &str = "id, username, domain, call_id, from_tag, to_tag, local_uri, remote_uri, \
-     remote_target, route_set, send_to, local_cseq, remote_cseq, version, expires, notified_until";
+     remote_target, route_set, send_to, local_cseq, remote_cseq, version, expires, notified_until, \
+     created";
 
 fn subscription(row: &SqliteRow) -> Result<Subscription, sqlx::Error> {
     Ok(Subscription {
@@ -36,6 +37,8 @@ fn subscription(row: &SqliteRow) -> Result<Subscription, sqlx::Error> {
         version: row.try_get("version")?,
         expires: from_secs(row.try_get("expires")?)?,
         notified_until: from_secs(row.try_get("notified_until")?)?,
+        created: DateTime::from_timestamp_micros(row.try_get("created")?)
+            .ok_or_else(|| sqlx::Error::Decode("created out of range".into()))?,
     })
 }
 
