@@ -119,7 +119,15 @@ class Server:
         log = open(self.work / f"{self.kind}.log", "w")
         env = dict(os.environ, TZ="UTC", PGTZ="UTC", RUST_LOG="warn")
         self.scraper = None
-        if self.kind in ("registrar", "sqlite", "registrar-nohttp", "registrar-tls"):
+        self.sink = None
+        if self.kind == "registrar-subscribed":
+            # Issue 13: every refreshed AoR has one reg-event subscription, whose NOTIFYs this
+            # sink answers (bench/notify_sink.rs).
+            self.sink_port = free_port()
+            self.sink_log = self.work / "notify-sink.log"
+            self.sink = subprocess.Popen([str(self.args.notify_sink), "--listen", f"127.0.0.1:{self.sink_port}"],
+                                         stdout=open(self.sink_log, "w"), stderr=subprocess.STDOUT)
+        if self.kind in ("registrar", "sqlite", "registrar-nohttp", "registrar-tls", "registrar-subscribed"):
             auth = () if self.args.auth else ("--auth", "off")
             # Ours with its operations listener on and scraped every second (ten times
             # Prometheus's usual rate), or (registrar-nohttp) with it off: the metrics' cost
@@ -163,7 +171,7 @@ class Server:
             s.sendto(probe, ("127.0.0.1", self.port))
             try:
                 s.recvfrom(4096)
-                if self.kind in ("registrar", "sqlite", "registrar-tls"):
+                if self.kind in ("registrar", "sqlite", "registrar-tls", "registrar-subscribed"):
                     self.scraper = Scraper(self.http_port)
                 return
             except OSError:
@@ -172,7 +180,17 @@ class Server:
         tail = (self.work / f"{self.kind}.log").read_text().splitlines()[-15:]
         raise SystemExit(f"{self.kind} did not start:\n" + "\n".join(tail))
 
+    def notifies(self):
+        """NOTIFYs the sink has answered so far (it prints its count every second)."""
+        if not self.sink:
+            return 0
+        lines = [l for l in self.sink_log.read_text().splitlines() if l.startswith("notifies ")]
+        return int(lines[-1].split()[1]) if lines else 0
+
     def stop(self):
+        if self.sink and self.sink.poll() is None:
+            self.sink.terminate()
+            self.sink.wait(10)
         if self.scraper:
             self.scraper.stop()
             self.scraper = None
@@ -230,6 +248,18 @@ class Server:
             sh("sqlite3", str(self.file), sql)
             return
         psql(self.url, "TRUNCATE location")
+        if self.kind == "registrar-subscribed":
+            psql(self.url, "TRUNCATE reg_subscription")
+            if live_users:
+                target = f"127.0.0.1:{self.sink_port}"
+                psql(self.url,
+                     "INSERT INTO reg_subscription (username, domain, call_id, from_tag, to_tag, local_uri, "
+                     "remote_uri, remote_target, send_to, local_cseq, remote_cseq, version, expires, notified_until) "
+                     f"SELECT '{prefix}' || n, 'example.com', 'sub-' || n || '@bench', 'w' || n, 'r' || n, "
+                     f"'sip:{prefix}' || n || '@example.com', 'sip:watcher@bench', 'sip:watcher@{target}', "
+                     f"'udp:{target}', 1, 1, 0, now() + interval '1 day', now() "
+                     f"FROM generate_series(0, {live_users - 1}) n",
+                     "VACUUM ANALYZE reg_subscription")
         if expired:
             psql(self.url,
                  "INSERT INTO location (ruid, username, domain, contact, expires, q, callid, cseq, last_modified, user_agent, socket) "
@@ -575,10 +605,11 @@ def main():
     p.add_argument("--binary", required=True, type=Path, help="release registrar binary")
     p.add_argument("--fineclock", type=Path, help="sipp-fineclock.so for precise response times")
     p.add_argument("--pgbench", default="pgbench")
-    p.add_argument("--registrars", default="registrar,kamailio,registrar-tls,kamailio-tls",
-                   help="registrar (ours on PostgreSQL, metrics scraped every second), registrar-nohttp "
-                        "(ours with --http-listen off), kamailio, sqlite (ours on SQLite), registrar-tls and "
-                        "kamailio-tls (both over TLS, new and refresh only)")
+    p.add_argument("--registrars", default="registrar,registrar-subscribed,kamailio,registrar-tls,kamailio-tls",
+                   help="registrar (ours on PostgreSQL, metrics scraped every second), registrar-subscribed "
+                        "(ours, every refreshed AoR with a reg-event subscription, refresh only), "
+                        "registrar-nohttp (ours with --http-listen off), kamailio, sqlite (ours on SQLite), "
+                        "registrar-tls and kamailio-tls (both over TLS, new and refresh only)")
     p.add_argument("--scenarios", default="new,refresh,unregister")
     p.add_argument("--rates", default="1000,2000,3000,4000,6000,8000,10000,12000,14000,16000")
     p.add_argument("--seconds", type=float, default=10, help="length of each rate step")
@@ -587,6 +618,7 @@ def main():
                    help="windows per latency figure; the table shows their median")
     p.add_argument("--concurrency", type=int, default=8, help="Kamailio children, our pool, pgbench clients")
     p.add_argument("--tls-load", type=Path, help="bench/tls_load.rs built (the -tls rows' client)")
+    p.add_argument("--notify-sink", type=Path, help="bench/notify_sink.rs built (the registrar-subscribed row's subscriber)")
     p.add_argument("--tls-connections", type=int, default=32, help="TLS connections the -tls rows spread over")
     p.add_argument("--cpu-rate", type=int, default=2000,
                    help="rate of the CPU-per-REGISTER measurement (refresh; 0: none)")
@@ -608,6 +640,10 @@ def main():
         args.tls_load = args.tls_load.resolve()
         if args.auth:
             p.error("--auth is not measured on the -tls rows")
+    if "registrar-subscribed" in args.registrars.split(","):
+        if not args.notify_sink:
+            p.error("the registrar-subscribed row needs --notify-sink")
+        args.notify_sink = args.notify_sink.resolve()
     work = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
     results = []
     if args.scale:
@@ -634,7 +670,12 @@ def main():
                 for scenario in args.scenarios.split(","):
                     if server.tls and scenario not in ("new", "refresh"):
                         continue  # the TLS client sends REGISTER with a contact only
+                    if server.sink and scenario != "refresh":
+                        continue  # subscriptions are made for the refresh scenario's AoRs
                     results.append(scenario_run(args, work, server, scenario))
+                    if server.sink:
+                        print(f"  registrar-subscribed: {server.notifies()} NOTIFYs answered by the sink so far",
+                              flush=True)
                 if args.cpu_rate and kind != "sqlite":
                     cpu.append(cpu_cost(args, work, server))
             finally:
@@ -769,6 +810,13 @@ def table(results, pg_tps, args):
                  f"(ours new/refresh over it: " + ", ".join(
                      f"{r['scenario']} {r['max_rate'] / pg_tps:.2f}" for r in results
                      if r["registrar"] == "registrar" and r["scenario"] in ("new", "refresh")) + ")")
+    subscribed = {r["scenario"]: r for r in results if r["registrar"] == "registrar-subscribed"}
+    for r in results:
+        if r["registrar"] == "registrar" and r["scenario"] in subscribed and r["max_rate"]:
+            s = subscribed[r["scenario"]]
+            lines.append(f"reg-event cost, {r['scenario']}: with one subscription per AoR {s['max_rate']}/s "
+                         f"(strict {s['strict_rate']}/s), without {r['max_rate']}/s (strict {r['strict_rate']}/s): "
+                         f"{s['max_rate'] / r['max_rate']:.2f} of it (issue 13's target: at least 0.70)")
     off = {r["scenario"]: r for r in results if r["registrar"] == "registrar-nohttp"}
     for r in results:
         if r["registrar"] == "registrar" and r["scenario"] in off and off[r["scenario"]]["max_rate"]:
