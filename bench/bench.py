@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from ports import free_port  # noqa: E402
 ROOT = HERE.parent
 REGISTER_XML = HERE / "scenarios" / "register.xml"
 REGISTER_AUTH_XML = HERE / "scenarios" / "register-auth.xml"
@@ -55,16 +57,6 @@ def psql(url, *sql):
 
 def db_url(admin, name):
     return admin.rsplit("/", 1)[0] + "/" + name
-
-
-def free_port():
-    import socket
-
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Server:

@@ -16,28 +16,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import regload  # noqa: E402
+from ports import free_port  # noqa: E402,F401  (re-exported for failover.py)
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port(kind=socket.SOCK_DGRAM):
-    """A port free for both UDP and TCP on 127.0.0.1 (the kernel picks it)."""
-    for _ in range(50):
-        s = socket.socket(socket.AF_INET, kind)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        other = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM)
-        try:
-            other.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            other.close()
-            s.close()
-    raise SystemExit("no free port")
 
 
 def remember(work, pid):

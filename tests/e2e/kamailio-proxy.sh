@@ -86,26 +86,6 @@ fail() {
   exit 1
 }
 
-# A port on 127.0.0.1 free now for both UDP and TCP (the servers listen on both).
-free_port() {
-  python3 - <<'EOF'
-import socket
-for _ in range(100):
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    t.bind(("127.0.0.1", 0))
-    port = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    print(port)
-    break
-else:
-    raise SystemExit("no port free for both UDP and TCP")
-EOF
-}
-
 # bound PROTO PORT: something holds PROTO (udp|tcp) PORT on 127.0.0.1 (we cannot bind it).
 bound() {
   python3 -c '

@@ -15,11 +15,14 @@ need() {
   exit 0
 }
 
-# A UDP port on 127.0.0.1 that is free now (the kernel's pick; it can be taken again before use,
-# which a server then reports by failing to start).
-free_udp_port() {
-  python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+e2e_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# A port on 127.0.0.1 free now for UDP and TCP, from below the ephemeral range so that no
+# client socket takes it before the server binds it (bench/ports.py says why).
+free_port() {
+  python3 "$e2e_lib_dir/../../bench/ports.py"
 }
+free_udp_port() { free_port; }
 
 # stop_pid PID [SECONDS]: SIGTERM, wait up to SECONDS (10) for the process to end, then SIGKILL.
 # Returns the process's exit status (PID must be a child of this shell).
@@ -45,10 +48,7 @@ pg_db_url() {
   python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p._replace(path="/" + sys.argv[2]).geturl())' "$1" "$2"
 }
 
-# A TCP port on 127.0.0.1 that is free now (same caveat as free_udp_port).
-free_tcp_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+free_tcp_port() { free_port; }
 
 # registrar_binary: sets `bin` to the binary under test: REGISTRAR_BIN (made absolute before the
 # script's cd), else a release build of this checkout. Expects `root` to be set.

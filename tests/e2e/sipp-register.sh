@@ -29,8 +29,6 @@ trap cleanup EXIT
 
 { echo SEQUENTIAL; for i in $(seq -w 1 "$users"); do echo "e2e$i;example.com"; done; } > "$work/users.csv"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # run_backend NAME URL COUNT_COMMAND...
 run_backend() {
   local name="$1" url="$2"; shift 2
