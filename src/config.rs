@@ -48,17 +48,8 @@ impl std::str::FromStr for ListenAddr {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::Listen(s.to_string());
-        let (proto, addr) = s.split_once(':').ok_or_else(bad)?;
-        let transport = match proto.to_ascii_lowercase().as_str() {
-            "udp" => Transport::Udp,
-            "tcp" => Transport::Tcp,
-            "tls" => Transport::Tls,
-            "ws" => Transport::Ws,
-            "wss" => Transport::Wss,
-            _ => return Err(bad()),
-        };
-        let addr = addr.parse().map_err(|_| bad())?;
+        let (transport, addr) =
+            Transport::parse_socket(s).ok_or_else(|| ConfigError::Listen(s.to_string()))?;
         Ok(ListenAddr { transport, addr })
     }
 }

@@ -11,6 +11,13 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// A claim that covers one client transaction: 64·T1 (Timer F/B, RFC 3261 §17.1) and ten
+/// seconds of slack for the statements around it. A claim must outlast the work it guards, or a
+/// second instance takes the row while the first is still waiting for its answer.
+pub fn for_one_transaction(t1: Duration) -> Duration {
+    t1 * 64 + Duration::from_secs(10)
+}
+
 /// This process's name in `claimed_by`: host, pid and a random suffix, so that a restarted
 /// process never mistakes its predecessor's claims for its own.
 pub fn owner_name() -> String {

@@ -7,6 +7,7 @@
 use super::decide::publishable_ids;
 use super::role::Pcscf;
 use crate::lease::Held;
+use crate::sip::outgoing::Outgoing;
 use crate::sip::reginfo;
 use crate::sip::wire::StartLine;
 use crate::store::{Pcontact, PublishProgress, join_uri_list, split_uri_list};
@@ -152,35 +153,36 @@ async fn send(
         contact,
         &call_id[..call_id.find('@').unwrap_or(call_id.len())],
     );
-    let request = format!(
-        "PUBLISH {impu} SIP/2.0\r\n\
-         Via: SIP/2.0/{transport} {sent_by};branch={branch};rport\r\n\
-         Max-Forwards: 70\r\n\
-         To: <{impu}>\r\n\
-         From: <{impu}>;tag={tag}\r\n\
-         Call-ID: {call_id}\r\n\
-         CSeq: {cseq} PUBLISH\r\n\
-         Event: reg\r\n\
-         Expires: {PUBLICATION_EXPIRES}\r\n\
-         Content-Type: {content_type}\r\n\
-         P-Asserted-Identity: <{pai}>\r\n\
-         User-Agent: {agent}\r\n\
-         Content-Length: {len}\r\n\r\n{body}",
-        transport = config.publish_to.transport.as_str().to_ascii_uppercase(),
-        sent_by = config.identity.sent_by,
-        tag = &branch[8..16],
-        content_type = reginfo::CONTENT_TYPE,
-        pai = config.identity.uri,
-        agent = crate::sip::response::SERVER,
-        len = body.len(),
-    );
+    let pai = format!("<{}>", config.identity.uri);
+    let expires = PUBLICATION_EXPIRES.to_string();
+    let request = Outgoing {
+        method: "PUBLISH",
+        target: impu,
+        transport: config.publish_to.transport,
+        sent_by: &config.identity.sent_by,
+        branch: &branch,
+        route_set: None,
+        from: impu,
+        from_tag: &branch[8..16],
+        to: impu,
+        to_tag: None,
+        call_id,
+        cseq: cseq.into(),
+        headers: &[
+            ("Event", "reg"),
+            ("Expires", &expires),
+            ("P-Asserted-Identity", &pai),
+        ],
+        body: Some((reginfo::CONTENT_TYPE, &body)),
+    }
+    .to_bytes();
     let outcome = pcscf
         .transactions
         .request(
             pcscf.outbound.as_ref(),
             config.publish_to,
             &branch,
-            request.into_bytes(),
+            request,
             |_| {},
         )
         .await;

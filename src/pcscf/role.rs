@@ -65,14 +65,14 @@ impl PcscfConfig {
     /// How long a claim on a pcontact's PUBLISH work lasts before another instance may take it
     /// over: longer than one PUBLISH transaction (64·T1) plus the longest backoff pause.
     pub fn lease(&self) -> Duration {
-        self.t1 * 64 * 2
+        crate::lease::for_one_transaction(self.t1)
+            + self.t1 * 64
             + self.publish_backoff * 2u32.saturating_pow(self.publish_max_attempts.min(16))
-            + Duration::from_secs(10)
     }
 
     /// How long a claim on a SUBSCRIBE in flight lasts (SPEC E4): one transaction and slack.
     pub fn subscribe_lease(&self) -> Duration {
-        self.t1 * 64 + Duration::from_secs(10)
+        crate::lease::for_one_transaction(self.t1)
     }
 
     /// SPEC H5: a NOTIFY's source IP (any port) must be the S-CSCF's or the PUBLISH target's

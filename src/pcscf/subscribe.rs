@@ -10,6 +10,7 @@
 use super::decide::publishable_ids;
 use super::role::Pcscf;
 use crate::sip::header::{NameAddr, split_list};
+use crate::sip::outgoing::Outgoing;
 use crate::sip::wire::{Message, StartLine, parse_u32};
 use crate::store::{Granted, NewPcscfSubscription, Pcontact, PcscfSubscription};
 use crate::transaction::{Outcome, new_branch};
@@ -178,43 +179,31 @@ fn granted(answer: &Message, asked: u32) -> Granted {
 
 fn subscribe(pcscf: &Pcscf, s: &PcscfSubscription, branch: &str, expires: u32) -> Vec<u8> {
     let config = &pcscf.config;
-    let target = s.remote_target.as_deref().unwrap_or(&s.impu);
-    let to_tag = s
-        .to_tag
-        .as_ref()
-        .map(|t| format!(";tag={t}"))
-        .unwrap_or_default();
-    let route = match s.route_set.as_deref().filter(|r| !r.is_empty()) {
-        Some(set) => format!("Route: {set}\r\n"),
-        None => String::new(),
-    };
-    format!(
-        "SUBSCRIBE {target} SIP/2.0\r\n\
-         Via: SIP/2.0/{transport} {sent_by};branch={branch};rport\r\n\
-         Max-Forwards: 70\r\n\
-         {route}\
-         To: <{impu}>{to_tag}\r\n\
-         From: <{me}>;tag={from_tag}\r\n\
-         Call-ID: {call_id}\r\n\
-         CSeq: {cseq} SUBSCRIBE\r\n\
-         Contact: <{me}>\r\n\
-         Event: reg\r\n\
-         Accept: {content_type}\r\n\
-         Expires: {expires}\r\n\
-         P-Asserted-Identity: <{me}>\r\n\
-         User-Agent: {agent}\r\n\
-         Content-Length: 0\r\n\r\n",
-        transport = config.scscf.transport.as_str().to_ascii_uppercase(),
-        sent_by = config.identity.sent_by,
-        impu = s.impu,
-        me = config.identity.uri,
-        from_tag = s.from_tag,
-        call_id = s.call_id,
-        cseq = s.cseq,
-        content_type = crate::sip::reginfo::CONTENT_TYPE,
-        agent = crate::sip::response::SERVER,
-    )
-    .into_bytes()
+    let me = format!("<{}>", config.identity.uri);
+    let expires = expires.to_string();
+    Outgoing {
+        method: "SUBSCRIBE",
+        target: s.remote_target.as_deref().unwrap_or(&s.impu),
+        transport: config.scscf.transport,
+        sent_by: &config.identity.sent_by,
+        branch,
+        route_set: s.route_set.as_deref(),
+        from: &config.identity.uri,
+        from_tag: &s.from_tag,
+        to: &s.impu,
+        to_tag: s.to_tag.as_deref(),
+        call_id: &s.call_id,
+        cseq: s.cseq,
+        headers: &[
+            ("Contact", &me),
+            ("Event", "reg"),
+            ("Accept", crate::sip::reginfo::CONTENT_TYPE),
+            ("Expires", &expires),
+            ("P-Asserted-Identity", &me),
+        ],
+        body: None,
+    }
+    .to_bytes()
 }
 
 #[cfg(test)]

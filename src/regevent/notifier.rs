@@ -10,6 +10,7 @@ use crate::metrics::{METRICS, ResultLabel};
 use crate::sip::Transport;
 use crate::sip::aor::aor_uri;
 use crate::sip::outbound::{Destination, Outbound};
+use crate::sip::outgoing::Outgoing;
 use crate::sip::reginfo::{self, RegistrationDoc};
 use crate::sip::wire::StartLine;
 use crate::store::{Store, Subscription};
@@ -48,7 +49,7 @@ pub struct RegEventConfig {
 impl RegEventConfig {
     /// The expiry job's lease: one NOTIFY transaction and some slack.
     pub fn lease(&self) -> Duration {
-        self.t1 * 64 + Duration::from_secs(10)
+        crate::lease::for_one_transaction(self.t1)
     }
 
     fn sent_by(&self, transport: Transport) -> String {
@@ -221,42 +222,31 @@ impl RegEvents {
         body: &str,
     ) -> Vec<u8> {
         let sent_by = self.config.sent_by(transport);
-        let mut route = String::new();
-        if let Some(set) = s.route_set.as_deref().filter(|r| !r.is_empty()) {
-            route = format!("Route: {set}\r\n");
-        }
-        let contact_transport = match transport {
-            Transport::Udp => String::new(),
-            t => format!(";transport={}", t.uri_param()),
+        let contact = match transport {
+            Transport::Udp => format!("<sip:{sent_by}>"),
+            t => format!("<sip:{sent_by};transport={}>", t.uri_param()),
         };
-        format!(
-            "NOTIFY {target} SIP/2.0\r\n\
-             Via: SIP/2.0/{via} {sent_by};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\n\
-             {route}\
-             From: <{local}>;tag={local_tag}\r\n\
-             To: <{remote}>;tag={remote_tag}\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {cseq} NOTIFY\r\n\
-             Contact: <sip:{sent_by}{contact_transport}>\r\n\
-             Event: reg\r\n\
-             Subscription-State: {state}\r\n\
-             User-Agent: {agent}\r\n\
-             Content-Type: {content_type}\r\n\
-             Content-Length: {len}\r\n\r\n{body}",
-            target = s.remote_target,
-            via = transport.as_str().to_ascii_uppercase(),
-            local = s.local_uri,
-            local_tag = s.dialog.local_tag,
-            remote = s.remote_uri,
-            remote_tag = s.dialog.remote_tag,
-            call_id = s.dialog.call_id,
-            cseq = s.local_cseq,
-            agent = crate::sip::response::SERVER,
-            content_type = reginfo::CONTENT_TYPE,
-            len = body.len(),
-        )
-        .into_bytes()
+        Outgoing {
+            method: "NOTIFY",
+            target: &s.remote_target,
+            transport,
+            sent_by: &sent_by,
+            branch,
+            route_set: s.route_set.as_deref(),
+            from: &s.local_uri,
+            from_tag: &s.dialog.local_tag,
+            to: &s.remote_uri,
+            to_tag: Some(&s.dialog.remote_tag),
+            call_id: &s.dialog.call_id,
+            cseq: s.local_cseq,
+            headers: &[
+                ("Contact", &contact),
+                ("Event", "reg"),
+                ("Subscription-State", state),
+            ],
+            body: Some((reginfo::CONTENT_TYPE, body)),
+        }
+        .to_bytes()
     }
 
     /// Our Contact in SUBSCRIBE answers: the UDP listener's address, else the first one.
@@ -281,19 +271,8 @@ pub(crate) fn sent(result: &'static str) {
 
 /// `proto:ip:port` (Kamailio's socket form) as a destination.
 fn destination(send_to: &str) -> Option<Destination> {
-    let (proto, addr) = send_to.split_once(':')?;
-    let transport = match proto {
-        "udp" => Transport::Udp,
-        "tcp" => Transport::Tcp,
-        "tls" => Transport::Tls,
-        "ws" => Transport::Ws,
-        "wss" => Transport::Wss,
-        _ => return None,
-    };
-    Some(Destination {
-        transport,
-        addr: addr.parse().ok()?,
-    })
+    let (transport, addr) = Transport::parse_socket(send_to)?;
+    Some(Destination { transport, addr })
 }
 
 /// The queue's worker: takes the changes that gathered (up to `BATCH`), folds them per AoR,

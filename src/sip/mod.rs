@@ -1,5 +1,6 @@
 //! SIP syntax: the wire parser (`wire`), header values (`header`), URIs (`uri`), AoR
-//! normalization (`aor`), request checks (`request`), the response builder (`response`) and
+//! normalization (`aor`), request checks (`request`), the response builder (`response`), the writer of requests we
+//! originate (`outgoing`) and
 //! RFC 3680 bodies (`reginfo`). Knows nothing of sockets or databases beyond the plain
 //! `crate::aor::Aor` key it produces.
 
@@ -8,6 +9,7 @@ pub mod header;
 pub mod methods;
 pub mod origin;
 pub mod outbound;
+pub mod outgoing;
 pub mod reginfo;
 pub mod request;
 pub mod response;

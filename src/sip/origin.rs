@@ -41,6 +41,26 @@ impl Transport {
     pub fn is_stream(self) -> bool {
         self != Transport::Udp
     }
+
+    /// A transport by name, in any case: `udp`, `tcp`, `tls`, `ws` or `wss`.
+    pub fn from_name(name: &str) -> Option<Transport> {
+        [
+            Transport::Udp,
+            Transport::Tcp,
+            Transport::Tls,
+            Transport::Ws,
+            Transport::Wss,
+        ]
+        .into_iter()
+        .find(|t| t.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// `proto:ip:port`, the form of `--listen` and of the sockets Kamailio and we store
+    /// (`Origin::socket`, a subscription's `send_to`).
+    pub fn parse_socket(text: &str) -> Option<(Transport, SocketAddr)> {
+        let (proto, addr) = text.split_once(':')?;
+        Some((Transport::from_name(proto)?, addr.parse().ok()?))
+    }
 }
 
 impl fmt::Display for Transport {
