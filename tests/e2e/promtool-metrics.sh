@@ -29,7 +29,7 @@ trap 'exit 130' INT TERM
 
 url="sqlite://$work/m.db?mode=rwc"
 sip_port="$(free_udp_port)"
-http_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+http_port="$(free_tcp_port)"
 "$bin" --database-url "$url" migrate >/dev/null
 "$bin" --database-url "$url" users add sip:alice@127.0.0.1 --password secret >/dev/null
 "$bin" --database-url "$url" serve --listen "udp:127.0.0.1:$sip_port" \
