@@ -24,6 +24,10 @@ async fn main() {
         eprintln!("notify-sink: cannot listen on {listen}: {e}");
         std::process::exit(1);
     });
+    // It stands for many subscribers, each with its own socket: a registrar's fan-out of
+    // NOTIFYs must not overflow one default-sized buffer (the drops would come back as
+    // retransmitted NOTIFYs and be counted against the registrar).
+    let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
     let mut buf = vec![0u8; 65_536];
     let mut count: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -129,6 +129,10 @@ pub struct Overrides {
     /// Bytes of responses kept to answer UDP retransmissions, 0..=1073741824 [default: 16777216]
     #[arg(long, value_name = "BYTES")]
     pub retrans_cache_bytes: Option<usize>,
+    /// Receive buffer asked of the kernel for each UDP socket, 65536..=268435456; the kernel
+    /// grants at most net.core.rmem_max [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    pub udp_recv_buffer: Option<usize>,
     /// Database connections in the pool, 1..=1000 [default: 16]
     #[arg(long, value_name = "N")]
     pub db_pool_size: Option<u32>,
@@ -271,6 +275,9 @@ pub struct Settings {
     pub sqlite_synchronous: crate::store::Synchronous,
     pub retry_after: u32,
     pub retrans_cache_bytes: usize,
+    /// SO_RCVBUF asked for the UDP sockets: a burst (a NOTIFY fan-out's answers, a reboot's
+    /// REGISTERs) waits in the kernel instead of being dropped and retransmitted 500 ms later.
+    pub udp_recv_buffer: usize,
     /// SPEC E2: an expired binding's NOTIFY goes out within this of its expiry.
     pub expiry_notify_delay: Duration,
     /// SPEC E3: networks whose PUBLISHes need no Path match.
@@ -575,6 +582,13 @@ impl Settings {
                 0,
                 1 << 30,
             )?,
+            udp_recv_buffer: ranged(
+                o.udp_recv_buffer,
+                4 * 1024 * 1024,
+                "udp-recv-buffer",
+                65_536,
+                1 << 28,
+            )?,
             expiry_notify_delay: seconds(
                 o.expiry_notify_delay,
                 5.0,
@@ -729,6 +743,7 @@ fn merge(file: Overrides, flags: Overrides) -> Overrides {
         sqlite_synchronous,
         retry_after,
         retrans_cache_bytes,
+        udp_recv_buffer,
         db_pool_size,
         db_connect_timeout,
         notify_window,

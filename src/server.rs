@@ -106,6 +106,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<Running, ServerE
                 let socket = tokio::net::UdpSocket::bind(listen.addr)
                     .await
                     .map_err(bind_error)?;
+                crate::transport::udp::grow_recv_buffer(&socket, settings.udp_recv_buffer);
                 udp_sockets.push(Arc::new(socket));
             }
             stream => {

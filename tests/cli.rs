@@ -419,6 +419,7 @@ fn h7_out_of_range_flags_are_refused_at_start() {
         ("--tcp-idle-timeout", "inf"),
         ("--retry-after", "99999"),
         ("--retrans-cache-bytes", "99999999999999"),
+        ("--udp-recv-buffer", "1024"),
         ("--db-pool-size", "0"),
         ("--db-connect-timeout", "1e300"),
         ("--audit-interval", "0"),

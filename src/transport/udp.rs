@@ -137,7 +137,50 @@ impl<H: Handler> UdpListener<H> {
     }
 }
 
+/// Asks the kernel for a `bytes` receive buffer on `socket`. The default (about 200 KiB, some
+/// ninety small datagrams) overflows when a burst arrives while both cores are busy: the
+/// answers to a fan-out of NOTIFYs, or every phone re-registering after an outage. A dropped
+/// REGISTER comes back only with the phone's retransmission, 500 ms later. The kernel caps the
+/// request at `net.core.rmem_max`; the size granted is logged.
+pub fn grow_recv_buffer(socket: &UdpSocket, bytes: usize) {
+    let socket = socket2::SockRef::from(socket);
+    if let Err(e) = socket.set_recv_buffer_size(bytes) {
+        tracing::warn!(error = %e, bytes, "cannot set the UDP receive buffer");
+        return;
+    }
+    // Linux reports twice the size asked (half is for its own bookkeeping).
+    let granted = socket.recv_buffer_size().map(|b| b / 2).unwrap_or(0);
+    if granted < bytes {
+        tracing::info!(
+            asked = bytes,
+            granted,
+            "UDP receive buffer capped by net.core.rmem_max; raise it with sysctl for bursts"
+        );
+    }
+}
+
 /// The status code of serialized response bytes (`SIP/2.0 200 OK…`).
 fn status_of(bytes: &[u8]) -> Option<u16> {
     std::str::from_utf8(bytes.get(8..11)?).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_receive_buffer_is_what_was_asked_or_the_kernels_cap() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let asked = 1 << 20;
+        grow_recv_buffer(&socket, asked);
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(asked);
+        let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
+        assert!(
+            granted >= asked.min(cap),
+            "granted {granted}, asked {asked}, cap {cap}"
+        );
+    }
 }
