@@ -107,7 +107,9 @@ class Server:
                  f"md5('{prefix}' || n || '@example.com:example.com:{PASSWORD}') FROM generate_series(0, {count - 1}) n")
         psql(self.url, "VACUUM ANALYZE subscriber")
 
-    def start(self, extra=()):
+    def start(self, extra=(), wrapper=(), ready_seconds=20):
+        """Starts the server (under `wrapper`, e.g. valgrind) and waits up to `ready_seconds`
+        for it to answer OPTIONS."""
         log = open(self.work / f"{self.kind}.log", "w")
         env = dict(os.environ, TZ="UTC", PGTZ="UTC", RUST_LOG="warn")
         self.scraper = None
@@ -150,7 +152,8 @@ class Server:
                 cmd += ["-A", "WITH_AUTH"]
             if self.tls:
                 cmd += ["-A", "WITH_TLS"]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen([*wrapper, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
         # Ready when it answers OPTIONS.
         import socket
 
@@ -159,7 +162,7 @@ class Server:
         probe = (f"OPTIONS sip:127.0.0.1:{self.port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-probe;rport\r\n"
                  "Max-Forwards: 70\r\nTo: <sip:p@127.0.0.1>\r\nFrom: <sip:p@127.0.0.1>;tag=1\r\nCall-ID: probe\r\n"
                  "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
-        for _ in range(100):
+        for _ in range(int(ready_seconds / 0.2)):
             s.sendto(probe, ("127.0.0.1", self.port))
             try:
                 s.recvfrom(4096)
@@ -179,7 +182,7 @@ class Server:
         lines = [l for l in self.sink_log.read_text().splitlines() if l.startswith("notifies ")]
         return int(lines[-1].split()[1]) if lines else 0
 
-    def stop(self):
+    def stop(self, wait_seconds=10):
         if self.sink and self.sink.poll() is None:
             self.sink.terminate()
             self.sink.wait(10)
@@ -189,7 +192,7 @@ class Server:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(wait_seconds)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
@@ -301,7 +304,10 @@ def sipp(args, work, server, scenario, users, rate, calls, rtt=False):
     cmd = ["sipp", "-sf", str(scenario), "-inf", str(users), f"127.0.0.1:{server.port}", "-i", "127.0.0.1",
            "-r", str(rate), "-m", str(calls), "-l", str(max(1000, rate * 4)), "-nostdin",
            "-trace_stat", "-stf", str(stat), "-fd", "3600", "-recv_timeout", "8000",
-           "-timeout", f"{calls // max(rate, 1) + 60}s", "-max_recv_loops", "10000", "-max_sched_loops", "10000"]
+           "-timeout", f"{calls // max(rate, 1) + 60}s", "-max_recv_loops", "10000", "-max_sched_loops", "10000",
+           # SIPp's own socket buffers are 64 KiB unless told: at thousands of answers a second
+           # its socket dropped some, and SIPp counted its own retransmissions as late answers.
+           "-buff_size", str(4 << 20)]
     env = dict(os.environ)
     if rtt:
         cmd += ["-trace_rtt", "-rtt_freq", "1"]
@@ -618,6 +624,8 @@ def main():
     p.add_argument("--scale", action="store_true", help="run the scale test (1,000,000 bindings, cleanup) instead")
     p.add_argument("--auth", action="store_true",
                    help="digest authentication on both registrars (SPEC A8): 401, then the authenticated REGISTER")
+    p.add_argument("--instructions", action="store_true",
+                   help="also count instructions per REGISTER, ours and Kamailio's, under valgrind's callgrind")
     p.add_argument("--require-all", action="store_true",
                    help="fail the run when any REGISTER fails (bench/run --smoke)")
     args = p.parse_args()
@@ -653,9 +661,10 @@ def main():
             args.json.write_text(json.dumps(scale, indent=2))
         return
     cpu = []
+    counted = []
     try:
         pg_tps = pgbench(args, args.admin_url, work)
-        for kind in args.registrars.split(","):
+        for kind in filter(None, args.registrars.split(",")):
             server = Server(kind, args.admin_url, work, args)
             server.start()
             try:
@@ -673,6 +682,11 @@ def main():
             finally:
                 server.stop()
         same_rate = same_rate_run(args, work, results)
+        if args.instructions:
+            import instructions
+
+            counted = [instructions.measure(sys.modules[__name__], args, work, kind)
+                       for kind in ("registrar-nohttp", "kamailio")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
@@ -683,9 +697,12 @@ def main():
     if cpu:
         print()
         print(cpu_table(cpu))
+    if counted:
+        print()
+        print(instructions.table(counted))
     if args.json:
         args.json.write_text(json.dumps({"pgbench_tps": pg_tps, "results": results, "same_rate": same_rate,
-                                         "cpu": cpu}, indent=2))
+                                         "cpu": cpu, "instructions": counted}, indent=2))
 
 
 def cpu_ticks(pids):
@@ -802,13 +819,17 @@ def table(results, pg_tps, args):
                  f"(ours new/refresh over it: " + ", ".join(
                      f"{r['scenario']} {r['max_rate'] / pg_tps:.2f}" for r in results
                      if r["registrar"] == "registrar" and r["scenario"] in ("new", "refresh")) + ")")
-    subscribed = {r["scenario"]: r for r in results if r["registrar"] == "registrar-subscribed"}
-    for r in results:
-        if r["registrar"] == "registrar" and r["scenario"] in subscribed and r["max_rate"]:
-            s = subscribed[r["scenario"]]
-            lines.append(f"reg-event cost, {r['scenario']}: with one subscription per AoR {s['max_rate']}/s "
-                         f"(strict {s['strict_rate']}/s), without {r['max_rate']}/s (strict {r['strict_rate']}/s): "
-                         f"{s['max_rate'] / r['max_rate']:.2f} of it (issue 13's target: at least 0.70)")
+    # With the rows alternated (--registrars registrar,registrar-subscribed,registrar,...), the
+    # n-th plain row of a scenario is compared with the n-th subscribed one.
+    def rows_of(kind, scenario):
+        return [r for r in results if r["registrar"] == kind and r["scenario"] == scenario]
+
+    for scenario in dict.fromkeys(r["scenario"] for r in results):
+        for r, s in zip(rows_of("registrar", scenario), rows_of("registrar-subscribed", scenario)):
+            if r["max_rate"]:
+                lines.append(f"reg-event cost, {scenario}: with one subscription per AoR {s['max_rate']}/s "
+                             f"(strict {s['strict_rate']}/s), without {r['max_rate']}/s (strict {r['strict_rate']}/s): "
+                             f"{s['max_rate'] / r['max_rate']:.2f} of it (issue 13's target: at least 0.70)")
     off = {r["scenario"]: r for r in results if r["registrar"] == "registrar-nohttp"}
     for r in results:
         if r["registrar"] == "registrar" and r["scenario"] in off and off[r["scenario"]]["max_rate"]:
