@@ -184,3 +184,31 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod task_size {
+    use super::*;
+    use crate::server::Roles;
+    use std::future::Future;
+
+    /// The size of the future `make` would return, without calling it.
+    fn size_of_future<Fut: Future, F: FnOnce() -> Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Issue 16: up to MAX_TASKS of these futures live at once under overload, each one heap
+    /// allocation of this size. It was 20 KiB while the store awaited sqlx's query futures
+    /// inline (83 MiB at an overload's peak); boxed there, it is about 5 KiB.
+    #[test]
+    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+    fn a_datagram_task_stays_small() {
+        let size = size_of_future(|| {
+            let listener: &UdpListener<Roles> = unreachable!();
+            listener.datagram(unreachable!(), unreachable!(), unreachable!())
+        });
+        assert!(
+            size <= 8 * 1024,
+            "a UDP request's task future is {size} bytes"
+        );
+    }
+}
