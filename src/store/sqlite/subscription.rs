@@ -118,29 +118,36 @@ impl SqliteStore {
         if changed.is_empty() {
             return Ok(Vec::new());
         }
+        // One statement for the whole batch, as on PostgreSQL: sqlx runs SQLite on a worker
+        // thread, and each statement is a round trip to it (two thread wake-ups). One UPDATE
+        // per changed AoR cost ~30 % more CPU per refresh than before reg-event (issue 16).
+        // The AoRs travel as one bound JSON array, never in the SQL text.
         let sql = format!(
             "UPDATE reg_subscription SET local_cseq = local_cseq + 1, version = version + 1 \
-             WHERE username = ?1 AND domain = ?2 AND created <= ?3 AND expires > ?4 \
+             FROM (SELECT json_extract(value, '$[0]') AS u, json_extract(value, '$[1]') AS d, \
+                          json_extract(value, '$[2]') AS changed FROM json_each(?1)) AS k \
+             WHERE username = k.u AND domain = k.d AND created <= k.changed AND expires > ?2 \
              RETURNING {COLUMNS}"
         );
-        let now = to_secs(now());
-        // In-process statements cost no round trip; one transaction shares the commit.
-        let mut tx = self.begin_write().await?;
-        let mut found = Vec::new();
-        for (aor, at) in changed {
-            let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
-                .bind(&aor.username)
-                .bind(&aor.domain)
-                .bind(at.timestamp_micros())
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-            for row in &rows {
-                found.push(subscription(row)?);
-            }
-        }
-        tx.commit().await?;
-        Ok(found)
+        let keys: Vec<(&str, &str, i64)> = (changed.iter())
+            .map(|(aor, at)| {
+                (
+                    aor.username.as_str(),
+                    aor.domain.as_str(),
+                    at.timestamp_micros(),
+                )
+            })
+            .collect();
+        // Strings and integers always serialize.
+        let keys = serde_json::to_string(&keys).expect("a JSON array of strings and integers");
+        // A single statement is its own transaction, and SQLite takes the write lock when it
+        // starts (waiting busy_timeout for it), so no BEGIN IMMEDIATE round trips.
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(keys)
+            .bind(to_secs(now()))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(subscription).collect::<Result<_, _>>()?)
     }
 
     pub async fn remove_subscription(&self, id: i64) -> Result<bool, StoreError> {
