@@ -195,8 +195,9 @@ async fn f1_a_read_only_database_is_500_then_recovers_after_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_a_commit_waiting_for_a_standby_is_never_answered_200() {
     // A private cluster whose commits wait for a synchronous standby that never comes. The
-    // migration runs before that, with the cluster's synchronous_commit=off.
-    let Some(admin_url) = support::pg::start_cluster("") else {
+    // cluster's own synchronous_commit is off, so the migration and this admin session never
+    // wait for the standby; only the registrar's sessions (the database's setting) do.
+    let Some(admin_url) = support::pg::start_cluster("-c synchronous_commit=off") else {
         return support::pg::skip("f1_a_commit_waiting_for_a_standby_is_never_answered_200");
     };
     let url = support::pg::with_database(&admin_url, "postgres");
