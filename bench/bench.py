@@ -593,19 +593,20 @@ def scale_cost(args, work, server, population):
     users = random_users_file(work, "r", population, calls)
     wal = "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal"
     psql(args.admin_url, "CHECKPOINT")
-    server_pids, pg_pids = server.pids(), postgres_pids(args.admin_url)
-    before = cpu_ticks(server_pids), cpu_ticks(pg_pids), [int(v) for v in psql(args.admin_url, wal).split("|")]
-    ok, failed, _, _, _ = sipp(args, work, server, REGISTER_XML, users, rate, calls)
-    # Backends hand their WAL counters to the statistics at most once a second.
-    time.sleep(1.5)
-    after = cpu_ticks(server_pids), cpu_ticks(postgres_pids(args.admin_url)), \
-        [int(v) for v in psql(args.admin_url, wal).split("|")]
-    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    wal_before = [int(v) for v in psql(args.admin_url, wal).split("|")]
+
+    def run():
+        done = sipp(args, work, server, REGISTER_XML, users, rate, calls)
+        # Backends hand their WAL counters to the statistics at most once a second.
+        time.sleep(1.5)
+        return done
+
+    (ok, failed, _, _, _), server_us, postgres_us = cpu_window(args, server, run)
+    wal_after = [int(v) for v in psql(args.admin_url, wal).split("|")]
     n = max(ok, 1)
-    row = {"rate": rate, "ok": ok, "failed": failed,
-           "server_us": (after[0] - before[0]) * tick_us / n, "postgres_us": (after[1] - before[1]) * tick_us / n,
-           "wal_records": (after[2][0] - before[2][0]) / n, "wal_fpi": (after[2][1] - before[2][1]) / n,
-           "wal_bytes": (after[2][2] - before[2][2]) / n}
+    records, fpi, wal_bytes = ((a - b) / n for a, b in zip(wal_after, wal_before))
+    row = {"rate": rate, "ok": ok, "failed": failed, "server_us": server_us / n, "postgres_us": postgres_us / n,
+           "wal_records": records, "wal_fpi": fpi, "wal_bytes": wal_bytes}
     print(f"  scale {population:>8} bindings, refresh at {rate}/s: server {row['server_us']:.0f} µs, "
           f"PostgreSQL {row['postgres_us']:.0f} µs, WAL {row['wal_records']:.1f} records, "
           f"{row['wal_fpi']:.2f} full-page images, {row['wal_bytes']:.0f} bytes per REGISTER "
@@ -776,6 +777,17 @@ def postgres_pids(admin_url):
     return pids
 
 
+def cpu_window(args, server, run):
+    """Runs `run()`; returns its result and the CPU µs the server's processes and PostgreSQL's
+    (all of them, backends started meanwhile included) used during it, from /proc."""
+    server_pids = server.pids()
+    before = cpu_ticks(server_pids), cpu_ticks(postgres_pids(args.admin_url))
+    result = run()
+    after = cpu_ticks(server_pids), cpu_ticks(postgres_pids(args.admin_url))
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    return result, (after[0] - before[0]) * tick_us, (after[1] - before[1]) * tick_us
+
+
 def cpu_cost(args, work, server, scenario="refresh"):
     """Server CPU and PostgreSQL CPU (all its processes) per REGISTER of `scenario` at
     --cpu-rate, in µs, from /proc: a figure that does not depend on the machine's speed as much
@@ -784,15 +796,10 @@ def cpu_cost(args, work, server, scenario="refresh"):
     calls = int(rate * args.seconds)
     xml = scenario_xml(args, scenario)
     users = prepare(args, work, server, scenario, calls, new_prefix="c")
-    server_pids = server.pids()
-    pg_pids = postgres_pids(args.admin_url)
-    before = cpu_ticks(server_pids), cpu_ticks(pg_pids)
-    ok, failed, _, _, _, _ = load(args, work, server, xml, users, rate, calls)
-    after = cpu_ticks(server_pids), cpu_ticks(postgres_pids(args.admin_url))
-    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    (ok, failed, _, _, _, _), server_us, postgres_us = cpu_window(
+        args, server, lambda: load(args, work, server, xml, users, rate, calls))
     row = {"registrar": server.kind, "scenario": scenario, "rate": rate, "ok": ok, "failed": failed,
-           "server_us": (after[0] - before[0]) * tick_us / max(ok, 1),
-           "postgres_us": (after[1] - before[1]) * tick_us / max(ok, 1)}
+           "server_us": server_us / max(ok, 1), "postgres_us": postgres_us / max(ok, 1)}
     print(f"  {server.kind:9} {scenario:10} at {rate}/s: server {row['server_us']:.0f} µs, "
           f"PostgreSQL {row['postgres_us']:.0f} µs per REGISTER ({ok} ok, {failed} failed)", flush=True)
     return row
